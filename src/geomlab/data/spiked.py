@@ -1,0 +1,88 @@
+"""Spiked Gaussian data and single-index teachers (vectorized, seeded).
+
+X = X_B + ζ z qᵀ with bulk rows X_B ~ N(0, diag(j^−α)), j = 1..d, z ~ N(0, 1), a unit spike
+direction q and ζ = N^ν. The population covariance is diag(j^−α) + ζ² qqᵀ; for α = 0 it has
+the planted eigenvalue ζ² + 1 along q. Targets come from a teacher y = σ*(βᵀx) + τ·ξ.
+Random numbers are drawn in the notebook's order: bulk (N×d), then z (N×1), then label noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from geomlab.models.two_layer import activation_function
+
+
+@dataclass(frozen=True)
+class SpikedSample:
+    """One spiked data set: ``x = bulk + spike`` with ``spike = ζ z qᵀ``."""
+
+    x: torch.Tensor
+    bulk: torch.Tensor
+    z: torch.Tensor
+    zeta: float
+
+
+def spike_strength(n: int, nu: float) -> float:
+    """ζ = N^ν, the spike's scale for N samples and exponent ν ≥ 0."""
+    if nu < 0:
+        raise ValueError(f"nu must be >= 0, got {nu}")
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    return float(n) ** nu
+
+
+def random_unit_vector(
+    dim: int, *, generator: torch.Generator | None = None, dtype=torch.float32
+) -> torch.Tensor:
+    """A direction uniform on the sphere in R^dim (normalized Gaussian)."""
+    if dim <= 0:
+        raise ValueError(f"dim must be > 0, got {dim}")
+    v = torch.randn(dim, generator=generator, dtype=dtype)
+    return v / torch.linalg.vector_norm(v)
+
+
+def bulk_std(dim: int, alpha: float, *, dtype=torch.float32) -> torch.Tensor:
+    """Per-coordinate standard deviations j^(−α/2), j = 1..dim (variances j^−α)."""
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    return torch.arange(1, dim + 1, dtype=torch.float64).pow(-alpha / 2).to(dtype)
+
+
+def sample_spiked_gaussian(
+    n: int,
+    *,
+    q: torch.Tensor,
+    zeta: float,
+    alpha: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> SpikedSample:
+    """N rows x_i = b_i + ζ z_i q with b_i ~ N(0, diag(j^−α)), z_i ~ N(0, 1)."""
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    if zeta < 0:
+        raise ValueError(f"zeta must be >= 0, got {zeta}")
+    dim = q.shape[0]
+    bulk = torch.randn(n, dim, generator=generator, dtype=q.dtype) * bulk_std(
+        dim, alpha, dtype=q.dtype
+    )
+    z = torch.randn(n, generator=generator, dtype=q.dtype)
+    return SpikedSample(x=bulk + zeta * z[:, None] * q[None, :], bulk=bulk, z=z, zeta=zeta)
+
+
+def single_index_targets(
+    x: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    activation: str,
+    noise_std: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """y_i = σ*(βᵀx_i) + noise_std·ξ_i for all rows at once, shape (N,)."""
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    clean = activation_function(activation)(x @ beta)
+    noise = torch.randn(x.shape[0], generator=generator, dtype=x.dtype)
+    return clean + noise_std * noise

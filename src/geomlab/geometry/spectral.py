@@ -1,0 +1,190 @@
+"""Spectral tools: top-k singular triplets, principal angles, subspace energy, effective rank.
+
+The fast path :func:`top_singular_triplets` is randomized subspace iteration with a
+Rayleigh-Ritz step and a convergence check; :func:`top_singular_triplets_reference` is the full
+SVD it is tested against. Everything here is a pure function on tensors and device-agnostic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SingularTriplets:
+    """Leading singular triplets ``A ≈ U diag(S) Vᵀ`` (columns of U and V are orthonormal).
+
+    ``iterations`` and ``converged`` describe the iterative solver (0 / True for the full SVD);
+    ``max_residual`` is ``max_i ‖A v_i − σ_i u_i‖ / σ_1``, an a-posteriori accuracy check.
+    """
+
+    U: torch.Tensor
+    S: torch.Tensor
+    V: torch.Tensor
+    iterations: int
+    converged: bool
+    max_residual: float
+
+
+def _relative_residual(A: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> float:
+    if S.numel() == 0 or float(S[0]) == 0.0:
+        return 0.0
+    residual = A @ V - U * S
+    return float(torch.linalg.vector_norm(residual, dim=0).max() / S[0])
+
+
+def top_singular_triplets_reference(A: torch.Tensor, k: int) -> SingularTriplets:
+    """Top-``k`` singular triplets from a full (thin) SVD: the dense reference."""
+    _check_rank_request(A, k)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    U, S, V = U[:, :k], S[:k], Vh[:k].mT
+    return SingularTriplets(U, S, V, 0, True, _relative_residual(A, U, S, V))
+
+
+def _check_rank_request(A: torch.Tensor, k: int) -> None:
+    if A.ndim != 2:
+        raise ValueError(f"expected a matrix, got a tensor of shape {tuple(A.shape)}")
+    if not 1 <= k <= min(A.shape):
+        raise ValueError(f"k must be in [1, {min(A.shape)}] for a {tuple(A.shape)} matrix, got {k}")
+
+
+def top_singular_triplets(
+    A: torch.Tensor,
+    k: int,
+    *,
+    oversample: int = 10,
+    max_iter: int = 100,
+    tol: float = 1e-7,
+    generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
+) -> SingularTriplets:
+    """Top-``k`` singular triplets of ``A`` (m×n) by randomized subspace iteration.
+
+    A block of ``k + oversample`` vectors is iterated through ``AᵀA`` with re-orthonormalization
+    each half step; after every iteration a Rayleigh-Ritz step (SVD of the small projected
+    matrix) gives Ritz values, and iteration stops once the top-``k`` values change by less
+    than ``tol`` (relative to σ_1) between iterations. ``init`` (n×j, e.g. last epoch's right
+    singular vectors) warm-starts the block; the remaining columns are Gaussian. Each iteration
+    costs two products with ``A`` and ``Aᵀ`` against the thin block, versus O(m n min(m, n)) for
+    a full SVD.
+    """
+    _check_rank_request(A, k)
+    m, n = A.shape
+    block = min(k + oversample, m, n)
+    start = torch.empty(n, block, dtype=A.dtype, device=A.device)
+    used = 0
+    if init is not None:
+        used = min(init.shape[1], block)
+        start[:, :used] = init[:, :used].to(A.dtype)
+    if used < block:
+        noise = torch.randn(n, block - used, generator=generator, dtype=A.dtype)
+        start[:, used:] = noise.to(A.device)
+    basis_right, _ = torch.linalg.qr(start)
+    previous = None
+    converged = False
+    iterations = 0
+    while True:
+        iterations += 1
+        # A Q_r = Q_l R, so R = Q_lᵀ A Q_r is the Rayleigh-Ritz matrix at no extra product.
+        basis_left, ritz = torch.linalg.qr(A @ basis_right)
+        small_u, values, small_vh = torch.linalg.svd(ritz)
+        if previous is not None:
+            change = (values[:k] - previous).abs().max() / values[0].clamp_min(1e-300)
+            if float(change) <= tol:
+                converged = True
+                break
+        if iterations >= max_iter:
+            break
+        previous = values[:k]
+        basis_right, _ = torch.linalg.qr(A.mT @ basis_left)
+    U = basis_left @ small_u[:, :k]
+    V = basis_right @ small_vh[:k].mT
+    S = values[:k]
+    return SingularTriplets(U, S, V, iterations, converged, _relative_residual(A, U, S, V))
+
+
+def spectral_norm_reference(A: torch.Tensor) -> float:
+    """‖A‖₂ from the full spectrum (the reference for the iterative estimate)."""
+    return float(torch.linalg.matrix_norm(A, ord=2))
+
+
+def orthonormal_basis(A: torch.Tensor, *, rtol: float = 1e-10) -> torch.Tensor:
+    """Orthonormal basis of the column space of ``A``, dropping numerically null directions."""
+    if A.shape[1] == 0:
+        return A
+    U, S, _ = torch.linalg.svd(A, full_matrices=False)
+    if S.numel() == 0 or float(S[0]) == 0.0:
+        return U[:, :0]
+    threshold = rtol * S[0]
+    rank = int(S.gt(threshold).sum())
+    return U[:, :rank]
+
+
+def principal_angles(A: torch.Tensor, B: torch.Tensor, *, rtol: float = 1e-10) -> torch.Tensor:
+    """Principal angles (radians, ascending) between the column spaces of ``A`` and ``B``.
+
+    The cosines are the singular values of ``Q_Aᵀ Q_B`` for orthonormal bases Q; there are
+    ``min(rank A, rank B)`` angles. Note the bound this implies: two r-dimensional subspaces of
+    R^m with 2r > m share at least 2r − m dimensions, so that many angles are zero regardless of
+    the matrices (see :func:`column_space_angle_bound_deg`).
+    """
+    if A.shape[0] != B.shape[0]:
+        raise ValueError(f"A and B need the same number of rows, got {A.shape[0]} and {B.shape[0]}")
+    basis_a = orthonormal_basis(A, rtol=rtol)
+    basis_b = orthonormal_basis(B, rtol=rtol)
+    if basis_a.shape[1] == 0 or basis_b.shape[1] == 0:
+        return torch.empty(0, dtype=A.dtype, device=A.device)
+    cosines = torch.linalg.svdvals(basis_a.mT @ basis_b).clamp(0.0, 1.0)
+    return torch.sort(torch.arccos(cosines)).values
+
+
+def column_space_angle_bound_deg(rows: int, rank: int) -> float:
+    """Largest possible mean principal angle (degrees) between two rank-``rank`` column spaces
+    in R^``rows``: at least ``2·rank − rows`` angles are zero, the others are at most 90°."""
+    forced_zero = max(0, 2 * rank - rows)
+    return 90.0 * (rank - forced_zero) / rank
+
+
+def abs_cos(u: torch.Tensor, v: torch.Tensor) -> float:
+    """|cos| of the angle between two vectors (0 if either is zero); inputs are not modified."""
+    norms = torch.linalg.vector_norm(u) * torch.linalg.vector_norm(v)
+    if float(norms) == 0.0:
+        return 0.0
+    return float((u.reshape(-1) @ v.reshape(-1)).abs() / norms)
+
+
+def energy_fraction_in_span(W: torch.Tensor, vectors: torch.Tensor) -> float:
+    """‖W P_S‖_F / ‖W‖_F for S = span of the columns of ``vectors`` (d×j), W of shape k×d.
+
+    This is the fraction of the rows' Frobenius mass that lies in S.
+    """
+    norm = torch.linalg.matrix_norm(W)
+    if float(norm) == 0.0:
+        return 0.0
+    basis = orthonormal_basis(vectors)
+    return float(torch.linalg.matrix_norm(W @ basis) / norm)
+
+
+def subspace_alignment_cosines(basis: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles (descending) between span(basis) and span(vectors)."""
+    return torch.cos(principal_angles(basis, vectors))
+
+
+def stable_rank(frobenius_norm: float, spectral_norm: float) -> float:
+    """‖A‖_F² / ‖A‖₂²: a continuous rank that needs only σ_1 and the Frobenius norm."""
+    if spectral_norm == 0.0:
+        return 0.0
+    return (frobenius_norm / spectral_norm) ** 2
+
+
+def entropy_effective_rank(singular_values: torch.Tensor) -> float:
+    """exp of the Shannon entropy of σ_i / Σσ (Roy & Vetterli 2007); needs the full spectrum."""
+    total = singular_values.sum()
+    if float(total) == 0.0:
+        return 0.0
+    p = singular_values / total
+    p = p[p > 0]
+    return math.exp(float(-(p * p.log()).sum()))
