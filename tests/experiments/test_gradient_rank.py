@@ -1,0 +1,95 @@
+import json
+import logging
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+from pydantic import ValidationError
+
+from geomlab.experiments import gradient_rank
+from geomlab.geometry import spectral
+
+
+class FakeContext:
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+        self.device = torch.device("cpu")
+        self.log = logging.getLogger("test-gradient-rank")
+
+    def progress(self, iterable, *, total=None, description=""):
+        yield from iterable
+
+    def write_csv(self, name, frame):
+        frame.to_csv(self.out_dir / name, index=False)
+
+    def write_json(self, name, obj):
+        (self.out_dir / name).write_text(json.dumps(obj, default=float))
+
+    def save_figure(self, figure, stem):
+        for fmt in ("png", "pdf"):
+            figure.savefig(self.out_dir / f"{stem}.{fmt}", dpi=50)
+        plt.close(figure)
+
+    def cached(self, key, compute):
+        return compute()
+
+    def checkpoint_path(self, key):
+        return self.out_dir / key
+
+
+def test_rank_row_on_a_planted_rank_two_matrix():
+    g = torch.Generator().manual_seed(0)
+    residue = torch.randn(30, generator=g, dtype=torch.float64)
+    spike = torch.randn(30, generator=g, dtype=torch.float64)
+    spike /= spike.norm()
+    left = torch.linalg.qr(torch.randn(40, 2, generator=g, dtype=torch.float64))[0]
+    right = torch.stack([residue / residue.norm(), spike], 1)
+    right = torch.linalg.qr(right)[0]
+    gradient = 10 * left[:, :1] @ right[:, :1].T + 3 * left[:, 1:] @ right[:, 1:].T
+    gradient += 1e-3 * torch.randn(40, 30, generator=g, dtype=torch.float64)
+    top = spectral.top_singular_triplets(gradient, 4, generator=g, tol=1e-12)
+    row = gradient_rank.rank_row(top, gradient, residue, spike)
+    assert row["sv_ratio_12"] == pytest.approx(10 / 3, rel=1e-3)
+    assert row["sv_ratio_23"] > 100
+    assert row["cos_v1_residue"] == pytest.approx(1.0, abs=1e-4)
+    assert row["top2_cos_2"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_regime_verdicts_read_the_table():
+    table = pd.DataFrame(
+        {
+            "nu": [0.0, 0.1, 0.3, 0.4],
+            "sv_ratio_12": [6.0, 5.0, 1.5, 1.2],
+            "sv_ratio_23": [1.1, 1.2, 4.0, 5.0],
+            "cos_v1_residue": [0.99, 0.98, 0.6, 0.3],
+            "cos_v1_spike": [0.1, 0.1, 0.7, 0.9],
+            "top2_cos_2": [0.2, 0.3, 0.9, 0.95],
+        }
+    )
+    verdicts = gradient_rank.regime_verdicts(table, threshold=2.0)
+    assert verdicts["nu < 1/4"]["holds_on_average"] is True
+    assert verdicts["1/4 <= nu < 1/2"]["holds_on_average"] is True
+    flat = table.assign(sv_ratio_23=1.0)
+    assert gradient_rank.regime_verdicts(flat, 2.0)["1/4 <= nu < 1/2"]["holds_on_average"] is False
+
+
+def test_bad_values_name_the_field():
+    for override, field in (({"nus": [0.1, -0.2]}, "nus"), ({"k": 0}, "k"),
+                            ({"activation": "softplus"}, "activation")):  # fmt: skip
+        with pytest.raises(ValidationError) as info:
+            gradient_rank.Config(**override)
+        assert field in str(info.value)
+
+
+def test_tiny_run_writes_outputs(tmp_path):
+    config = gradient_rank.Config(d=30, k=40, n_train=24, nus=[0.0, 0.3], n_seeds=2, top_k=4)
+    result = gradient_rank.run(config, FakeContext(tmp_path))
+    assert result.gates_passed, [g.message for g in result.gates]
+    table = pd.read_csv(tmp_path / "gradient_rank.csv")
+    assert len(table) == 4 and {"nu", "seed", "grad_sv_1", "cos_v1_residue"} <= set(table.columns)
+    by_nu = pd.read_csv(tmp_path / "gradient_rank_by_nu.csv")
+    assert list(by_nu["nu"]) == [0.0, 0.3] and (by_nu["n_seeds"] == 2).all()
+    summary = json.loads((tmp_path / "gradient_rank_summary.json").read_text())
+    assert set(summary["regimes"]) == {"nu < 1/4", "1/4 <= nu < 1/2"}
+    assert (tmp_path / "gradient_rank.png").stat().st_size > 10_000
