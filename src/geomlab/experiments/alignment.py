@@ -108,7 +108,7 @@ class Config(ExperimentConfig):
     top_k: int = Field(10, gt=0, description="gradient singular values tracked per epoch")
     angle_rank: int = Field(5, gt=0, description="r of the top-r subspaces compared between runs")
     angle_checkpoints: int = Field(16, ge=2, le=10_000, description="epochs with angle checks")
-    svd_oversample: int = Field(10, ge=0, le=1000)
+    svd_oversample: int = Field(20, ge=0, le=1000, description="extra block vectors in top-k")
     svd_tol: float = Field(1e-6, gt=0, lt=1, description="top-k stop: relative Ritz change")
     svd_max_iter: int = Field(300, gt=0, le=100_000)
     dtype: Literal["float32", "float64"] = Field("float32", description="training dtype")
@@ -167,7 +167,8 @@ class TrackedRun:
     rows: list[dict[str, float]]
     weight_bases: dict[int, torch.Tensor] = field(default_factory=dict)
     update_bases: dict[int, torch.Tensor] = field(default_factory=dict)
-    unconverged: int = 0
+    unconverged: int = 0  # gradient top-k and ‖W‖₂ solves that hit max_iter
+    unconverged_angles: int = 0  # checkpoint subspace solves that hit max_iter
 
 
 def draw_shared_init(
@@ -237,8 +238,8 @@ def epoch_metrics(
     residue = problem.bulk.mT @ (problem.y - prediction)  # X_Bᵀ(y − f) at the same weights
     residue64 = residue.double()
     q64 = problem.q.double()
-    V = top.V
-    S = top.S
+    V = top.V.double()
+    S = top.S.double()
     grad_fro = float(torch.linalg.matrix_norm(gradient.double()))
     sigma = S.tolist()
     top2 = spectral.subspace_alignment_cosines(V[:, :2], torch.stack([residue64, q64], dim=1))
@@ -257,7 +258,7 @@ def epoch_metrics(
         "cos_v2_residue": spectral.abs_cos(V[:, 1], residue64),
         "top2_cos_1": float(top2[0]),
         "top2_cos_2": float(top2[1]),
-        "energy_fraction": spectral.energy_fraction_in_span(W.double(), problem.target_span),
+        "energy_fraction": spectral.energy_fraction_in_span(W, problem.target_span.to(W.dtype)),
         "svd_iterations": float(top.iterations),
     }
     return row
@@ -274,16 +275,19 @@ def train_and_track(
     options: TrackingOptions,
     generator: torch.Generator,
     w0_top: torch.Tensor | None = None,
+    w0_basis: torch.Tensor | None = None,
     progress=None,
 ) -> TrackedRun:
     """Full-batch GD for ``epochs`` steps; metrics at every W_t, t = 0..epochs.
 
     Row t describes the weights after t updates (t = epochs: the final weights), the gradient at
-    those weights, and the residue at those weights.
+    those weights, and the residue at those weights. Spectral solves run in the training dtype
+    (the gradient carries no more precision than that) and are warm-started: the gradient's
+    top-k from the previous epoch, ‖W‖₂ from the previous epoch, W's top-r subspace from the
+    previous checkpoint (``w0_top`` / ``w0_basis``: precomputed for W_0, shared by the runs).
     """
     tracked = TrackedRun(rows=[])
     W = problem.W0.clone()
-    W0_64 = problem.W0.double()
     previous_v: torch.Tensor | None = None
     previous_w = w0_top
     fast = {"oversample": options.oversample, "tol": options.tol, "max_iter": options.max_iter}
@@ -296,12 +300,11 @@ def train_and_track(
             problem.x_test, W, problem.a, activation=activation, scale=scale
         )
         top = spectral.top_singular_triplets(
-            gradient.double(), options.top_k, init=previous_v, generator=generator, **fast
+            gradient, options.top_k, init=previous_v, generator=generator, **fast
         )
         previous_v = top.V
-        W64 = W.double()
         w_top = spectral.top_singular_triplets(
-            W64, 1, init=previous_w, generator=generator, **{**fast, "oversample": 4}
+            W, 1, init=previous_w, generator=generator, **{**fast, "oversample": 4}
         )
         previous_w = w_top.V
         tracked.unconverged += int(not top.converged) + int(not w_top.converged)
@@ -312,14 +315,21 @@ def train_and_track(
         tracked.rows.append(row)
         if epoch in options.checkpoints:
             rank = options.angle_rank
-            previous_basis = tracked.weight_bases.get(max(tracked.weight_bases, default=-1))
-            tracked.weight_bases[epoch] = spectral.top_singular_triplets(
-                W64, rank, init=previous_basis, generator=generator, **fast
-            ).V
+            latest = max(tracked.weight_bases, default=None)
+            start = w0_basis if latest is None else tracked.weight_bases[latest]
+            weights = spectral.top_singular_triplets(
+                W, rank, init=start, generator=generator, **fast
+            )
+            tracked.weight_bases[epoch] = weights.V.double()
+            tracked.unconverged_angles += int(not weights.converged)
             if epoch > 0:
-                tracked.update_bases[epoch] = spectral.top_singular_triplets(
-                    W64 - W0_64, rank, generator=generator, **fast
-                ).V
+                latest = max(tracked.update_bases, default=None)
+                start = None if latest is None else tracked.update_bases[latest]
+                update = spectral.top_singular_triplets(
+                    W - problem.W0, rank, init=start, generator=generator, **fast
+                )
+                tracked.update_bases[epoch] = update.V.double()
+                tracked.unconverged_angles += int(not update.converged)
         if epoch < epochs:
             W = two_layer.gradient_step(W, gradient, lr=lr, gamma=gamma)
     return tracked
@@ -428,10 +438,11 @@ def _comparison_unit(
         "max_iter": config.svd_max_iter,
     }
     generator = torch.Generator().manual_seed(config.seed + 7919)
-    w0_top = spectral.top_singular_triplets(
-        problem.W0.double(), 1, generator=generator, oversample=4, tol=config.svd_tol,
-        max_iter=config.svd_max_iter,
-    ).V  # fmt: skip
+    fast = {"tol": config.svd_tol, "max_iter": config.svd_max_iter, "generator": generator}
+    w0_top = spectral.top_singular_triplets(problem.W0, 1, oversample=4, **fast).V
+    w0_basis = spectral.top_singular_triplets(
+        problem.W0, config.angle_rank, oversample=config.svd_oversample, **fast
+    ).V
     tracked_runs = []
     rows: list[dict[str, Any]] = []
     for spec in comparison.runs:
@@ -451,6 +462,7 @@ def _comparison_unit(
             options=options,
             generator=generator,
             w0_top=w0_top,
+            w0_basis=w0_basis,
             progress=lambda it, label=label, n=spec.epochs + 1: ctx.progress(
                 it, total=n, description=label
             ),
@@ -477,6 +489,7 @@ def _comparison_unit(
         "rows": rows,
         "angles": angle_rows,
         "unconverged": sum(t.unconverged for t in tracked_runs),
+        "unconverged_angles": sum(t.unconverged_angles for t in tracked_runs),
     }
 
 
@@ -489,16 +502,19 @@ def _reference_gate(problem: Problem, comparison: Comparison, config: Config) ->
         problem.x, problem.y, problem.W0, problem.a,
         activation=spec.activation, scale=two_layer.output_scale(gamma, config.parameterization),
     )  # fmt: skip
-    gradient = gradient.double()
     fast = spectral.top_singular_triplets(
         gradient, config.top_k, oversample=config.svd_oversample, tol=config.svd_tol,
         max_iter=config.svd_max_iter, generator=torch.Generator().manual_seed(config.seed),
     )  # fmt: skip
-    reference = spectral.top_singular_triplets_reference(gradient, config.top_k)
+    reference = spectral.top_singular_triplets_reference(gradient.double(), config.top_k)
     gate = allclose_gate(
-        fast.S, reference.S, name="fast_topk_vs_full_svd", scope=comparison.family, rel_tol=1e-4
+        fast.S.double(),
+        reference.S,
+        name="fast_topk_vs_full_svd",
+        scope=comparison.family,
+        rel_tol=1e-4,
     )
-    cos_v1 = spectral.abs_cos(fast.V[:, 0], reference.V[:, 0])
+    cos_v1 = spectral.abs_cos(fast.V[:, 0].double(), reference.V[:, 0])
     gate.details["cos_v1_vs_reference"] = cos_v1
     if cos_v1 < 0.999:
         gate.passed = False
@@ -519,6 +535,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     angle_rows: list[dict[str, Any]] = []
     gates: list[GateResult] = []
     unconverged = 0
+    unconverged_angles = 0
     plan = comparisons(config)
     for family in config.families:
         generator = torch.Generator().manual_seed(family_seed(config.seed, family))
@@ -543,6 +560,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
             metric_rows.extend(unit["rows"])
             angle_rows.extend(unit["angles"])
             unconverged += unit["unconverged"]
+            unconverged_angles += unit["unconverged_angles"]
 
     metrics = pd.DataFrame(metric_rows)
     sv_columns = [f"grad_sv_{i + 1}" for i in range(config.top_k)]
@@ -596,6 +614,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         ),
         "runs": int(metrics["run"].nunique()),
         "epochs_total": int(len(metrics)),
+        "unconverged_angle_solves": unconverged_angles,
     }
     ctx.write_json("alignment_summary.json", summary)
 
