@@ -7,13 +7,13 @@ epoch is tracked twice on the same weights:
 - reference: the notebook's tracking, a full SVD of the gradient (float32) + ‖W‖₂ by 200
   power iterations;
 - fast: randomized top-k of the gradient warm-started from the previous epoch + a warm-started
-  top-1 of W (both float64, with the library's default tolerance).
+  top-1 of W, in the training dtype (float32), as the alignment experiment runs them.
 
 Accuracy is checked against a float64 full SVD (not timed): max relative error of the top-k
 singular values and the |cos| of the leading right singular vector. The gradient itself (common
 to both, with the test forward pass) is timed separately so the whole-epoch ratio is printed.
 
-    python benchmarks/bench_spectral.py [--epochs 6] [--top-k 10]
+    python benchmarks/bench_spectral.py [--epochs 10] [--top-k 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from geomlab.experiments import alignment
 from geomlab.experiments.alignment import draw_problem, draw_shared_init
 from geomlab.geometry import spectral
 from geomlab.models import two_layer
@@ -48,7 +49,9 @@ def power_iteration_norm(A: torch.Tensor, iterations: int = 200) -> torch.Tensor
     return u.norm()
 
 
-def bench_size(d: int, k: int, n: int, *, epochs: int, top_k: int) -> dict[str, float]:
+def bench_size(
+    d: int, k: int, n: int, *, epochs: int, top_k: int, oversample: int, tol: float
+) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     q, W0, a = draw_shared_init(d=d, k=k, outer_init="rademacher", generator=generator,
                                 dtype=torch.float32)  # fmt: skip
@@ -58,7 +61,14 @@ def bench_size(d: int, k: int, n: int, *, epochs: int, top_k: int) -> dict[str, 
     )  # fmt: skip
     gamma, lr = 1 / math.sqrt(k), 2 * math.sqrt(k)
     W = problem.W0.clone()
-    previous_v = previous_w = None
+    # ‖W_0‖₂ is solved once per comparison in the experiment (both runs start from W_0), so it
+    # is a one-off cost, reported apart from the per-epoch numbers.
+    start = time.perf_counter()
+    previous_w = spectral.top_singular_triplets(
+        W, 1, oversample=4, generator=generator, tol=1e-6, max_iter=1000
+    ).right_basis
+    one_off = time.perf_counter() - start
+    previous_v = None
     totals = {"gradient": 0.0, "reference": 0.0, "fast": 0.0}
     worst_sv_error, worst_cos, worst_norm_error = 0.0, 1.0, 0.0
     for _ in range(epochs):
@@ -78,16 +88,19 @@ def bench_size(d: int, k: int, n: int, *, epochs: int, top_k: int) -> dict[str, 
         )
 
         def fast_path(g=gradient, W=W, pv=previous_v, pw=previous_w):
-            options = {"generator": generator, "tol": 1e-6, "max_iter": 300}
-            top = spectral.top_singular_triplets(g.double(), top_k, init=pv, **options)
-            w_top = spectral.top_singular_triplets(W.double(), 1, init=pw, oversample=4, **options)
+            options = {"generator": generator, "tol": tol, "max_iter": 300}
+            top = spectral.top_singular_triplets(
+                g, top_k, init=pv, oversample=oversample, **options
+            )
+            w_top = spectral.top_singular_triplets(W, 1, init=pw, oversample=4, **options)
             return top, w_top
 
         (top, w_top), t_fast = _timed(fast_path)
-        previous_v, previous_w = top.V, w_top.V
+        previous_v, previous_w = top.right_basis, w_top.right_basis
         truth = spectral.top_singular_triplets_reference(gradient.double(), top_k)
-        worst_sv_error = max(worst_sv_error, float(((top.S - truth.S).abs() / truth.S).max()))
-        worst_cos = min(worst_cos, spectral.abs_cos(top.V[:, 0], truth.V[:, 0]))
+        relative = (top.S.double() - truth.S).abs() / truth.S
+        worst_sv_error = max(worst_sv_error, float(relative.max()))
+        worst_cos = min(worst_cos, spectral.abs_cos(top.V[:, 0].double(), truth.V[:, 0]))
         norm_truth = spectral.spectral_norm_reference(W.double())
         worst_norm_error = max(worst_norm_error, abs(float(w_top.S[0]) - norm_truth) / norm_truth)
         totals["gradient"] += t_grad
@@ -103,27 +116,38 @@ def bench_size(d: int, k: int, n: int, *, epochs: int, top_k: int) -> dict[str, 
         "max_rel_sv_error": worst_sv_error,
         "min_cos_v1": worst_cos,
         "w_norm_rel_error": worst_norm_error,
+        "one_off_w0": one_off,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--oversample", type=int, default=alignment.Config().svd_oversample)
+    parser.add_argument("--tol", type=float, default=alignment.Config().svd_tol)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, top-k = {args.top_k}, "
-          f"{args.epochs} epochs per size (seconds are per epoch)")  # fmt: skip
+          f"oversample = {args.oversample}, tol = {args.tol:g}, {args.epochs} epochs per size "
+          "(seconds are per epoch)")  # fmt: skip
     header = (f"{'d':>5} {'k':>5} {'N':>4} | {'train s':>7} {'fullSVD s':>9} {'fast s':>7} | "
               f"{'spectral x':>10} {'epoch x':>7} | {'max rel σ err':>13} {'min|cos v1|':>11} "
-              f"{'‖W‖ err':>8}")  # fmt: skip
+              f"{'‖W‖ err':>8} | {'‖W0‖ once s':>11}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for d, k, n in SIZES:
-        r = bench_size(d, k, n, epochs=args.epochs, top_k=args.top_k)
+        r = bench_size(
+            d, k, n, epochs=args.epochs, top_k=args.top_k, oversample=args.oversample, tol=args.tol
+        )
         print(f"{d:>5} {k:>5} {n:>4} | {r['gradient']:>7.3f} {r['reference']:>9.3f} "
               f"{r['fast']:>7.3f} | {r['spectral_speedup']:>10.1f} {r['epoch_speedup']:>7.1f} | "
               f"{r['max_rel_sv_error']:>13.1e} {r['min_cos_v1']:>11.6f} "
-              f"{r['w_norm_rel_error']:>8.1e}", flush=True)  # fmt: skip
+              f"{r['w_norm_rel_error']:>8.1e} | {r['one_off_w0']:>11.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

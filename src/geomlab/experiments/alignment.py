@@ -108,8 +108,8 @@ class Config(ExperimentConfig):
     top_k: int = Field(10, gt=0, description="gradient singular values tracked per epoch")
     angle_rank: int = Field(5, gt=0, description="r of the top-r subspaces compared between runs")
     angle_checkpoints: int = Field(16, ge=2, le=10_000, description="epochs with angle checks")
-    svd_oversample: int = Field(20, ge=0, le=1000, description="extra block vectors in top-k")
-    svd_tol: float = Field(1e-6, gt=0, lt=1, description="top-k stop: relative Ritz change")
+    svd_oversample: int = Field(30, ge=0, le=1000, description="extra block vectors in top-k")
+    svd_tol: float = Field(1e-5, gt=0, lt=1, description="top-k stop: Ritz change / sigma_1")
     svd_max_iter: int = Field(300, gt=0, le=100_000)
     dtype: Literal["float32", "float64"] = Field("float32", description="training dtype")
     seed: int = Field(42, ge=0)
@@ -302,11 +302,11 @@ def train_and_track(
         top = spectral.top_singular_triplets(
             gradient, options.top_k, init=previous_v, generator=generator, **fast
         )
-        previous_v = top.V
+        previous_v = top.right_basis
         w_top = spectral.top_singular_triplets(
             W, 1, init=previous_w, generator=generator, **{**fast, "oversample": 4}
         )
-        previous_w = w_top.V
+        previous_w = w_top.right_basis
         tracked.unconverged += int(not top.converged) + int(not w_top.converged)
         row = epoch_metrics(problem, W, gradient, prediction, test_prediction, top)
         row["epoch"] = epoch
@@ -439,7 +439,7 @@ def _comparison_unit(
     }
     generator = torch.Generator().manual_seed(config.seed + 7919)
     fast = {"tol": config.svd_tol, "max_iter": config.svd_max_iter, "generator": generator}
-    w0_top = spectral.top_singular_triplets(problem.W0, 1, oversample=4, **fast).V
+    w0_top = spectral.top_singular_triplets(problem.W0, 1, oversample=4, **fast).right_basis
     w0_basis = spectral.top_singular_triplets(
         problem.W0, config.angle_rank, oversample=config.svd_oversample, **fast
     ).V

@@ -18,7 +18,10 @@ class SingularTriplets:
     """Leading singular triplets ``A ≈ U diag(S) Vᵀ`` (columns of U and V are orthonormal).
 
     ``iterations`` and ``converged`` describe the iterative solver (0 / True for the full SVD);
-    ``max_residual`` is ``max_i ‖A v_i − σ_i u_i‖ / σ_1``, an a-posteriori accuracy check.
+    ``max_residual`` is ``max_i ‖Aᵀu_i − σ_i v_i‖ / σ_1``, an a-posteriori accuracy check (the
+    Ritz triplets satisfy A v_i = σ_i u_i exactly, so this is their whole residual, and each σ_i
+    is within ``max_residual·σ_1`` of a true singular value). ``right_basis`` is the solver's
+    whole right block (more than k columns), the best warm start for a nearby matrix.
     """
 
     U: torch.Tensor
@@ -27,12 +30,13 @@ class SingularTriplets:
     iterations: int
     converged: bool
     max_residual: float
+    right_basis: torch.Tensor | None = None
 
 
 def _relative_residual(A: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> float:
     if S.numel() == 0 or float(S[0]) == 0.0:
         return 0.0
-    residual = A @ V - U * S
+    residual = A.mT @ U - V * S
     return float(torch.linalg.vector_norm(residual, dim=0).max() / S[0])
 
 
@@ -66,10 +70,10 @@ def top_singular_triplets(
     A block of ``k + oversample`` vectors is iterated through ``AᵀA`` with re-orthonormalization
     each half step; after every iteration a Rayleigh-Ritz step (SVD of the small projected
     matrix) gives Ritz values, and iteration stops once the top-``k`` values change by less
-    than ``tol`` (relative to σ_1) between iterations. ``init`` (n×j, e.g. last epoch's right
-    singular vectors) warm-starts the block; the remaining columns are Gaussian. Each iteration
-    costs two products with ``A`` and ``Aᵀ`` against the thin block, versus O(m n min(m, n)) for
-    a full SVD.
+    than ``tol`` (relative to σ_1) between iterations. ``init`` (n×j, e.g. last epoch's
+    ``right_basis``) warm-starts the block; the remaining columns are Gaussian. Each iteration
+    costs two products with ``A`` and ``Aᵀ`` against the thin block (memory-bound passes over
+    A), plus one final pass for the residual, versus O(m n min(m, n)) for a full SVD.
     """
     _check_rank_request(A, k)
     m, n = A.shape
@@ -103,7 +107,8 @@ def top_singular_triplets(
     U = basis_left @ small_u[:, :k]
     V = basis_right @ small_vh[:k].mT
     S = values[:k]
-    return SingularTriplets(U, S, V, iterations, converged, _relative_residual(A, U, S, V))
+    residual = _relative_residual(A, U, S, V)
+    return SingularTriplets(U, S, V, iterations, converged, residual, basis_right)
 
 
 def spectral_norm_reference(A: torch.Tensor) -> float:
