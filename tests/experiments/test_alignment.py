@@ -19,6 +19,16 @@ TINY = {
 }  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy 2-core machine OpenMP barriers
+    between two threads make many tiny ops crawl; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class FakeContext:
     """The RunContext surface, writing plain files (the runner's atomic writes are its own)."""
 
@@ -208,3 +218,52 @@ def alignment_figures():
     from geomlab.plots.alignment import FIGURES
 
     return list(FIGURES)
+
+
+# Through the real CLI and runner: the quick preset with smaller sizes writes every artifact.
+ONE_SETTING = '[{"teacher": "relu", "lr": 2, "gamma_scale": "1", "epochs": 9}]'
+CLI_TINY = ["--set", "d=40", "--set", "k=50", "--set", "n_train=30", "--set", "n_test=20",
+            "--set", "epoch_cap=3", "--set", "angle_checkpoints=3",
+            "--set", f"relu_vs_sigmoid_settings={ONE_SETTING}"]  # fmt: skip
+ARTIFACTS = ["alignment_metrics.csv", "alignment_angles.csv", "alignment_summary.json",
+             "manifest.json", "run.log"]  # fmt: skip
+
+
+def test_cli_quick_preset_writes_all_outputs(tmp_path):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    out = tmp_path / "alignment"
+    result = CliRunner().invoke(app, ["run", "alignment", "--preset", "quick", *CLI_TINY,
+                                      "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ARTIFACTS + [
+        f"{stem}.{ext}" for stem in alignment_figures() for ext in ("png", "pdf")
+    ]:
+        assert (out / name).stat().st_size > 0, name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["preset"] == "quick"
+    assert manifest["config"]["d"] == 40 and manifest["config"]["epoch_cap"] == 3
+    metrics = pd.read_csv(out / "alignment_metrics.csv")
+    assert metrics["epoch"].max() == 3 and metrics["run"].nunique() == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "nu_relu_vs_sigmoid=-0.5"], "nu_relu_vs_sigmoid"),
+        (["--set", "k=0"], "'k'"),
+        (["--set", "ntk_vs_mf_activation=gelu"], "ntk_vs_mf_activation"),
+    ],
+)
+def test_cli_bad_values_stop_with_the_field_name(tmp_path, args, needle):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    out = tmp_path / "never"
+    result = CliRunner().invoke(app, ["run", "alignment", *args, "--out", str(out)])
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert not out.exists()

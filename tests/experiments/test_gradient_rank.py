@@ -11,6 +11,16 @@ from geomlab.experiments import gradient_rank
 from geomlab.geometry import spectral
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy 2-core machine OpenMP barriers
+    between two threads make many tiny ops crawl; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class FakeContext:
     def __init__(self, out_dir):
         self.out_dir = out_dir
@@ -93,3 +103,22 @@ def test_tiny_run_writes_outputs(tmp_path):
     summary = json.loads((tmp_path / "gradient_rank_summary.json").read_text())
     assert set(summary["regimes"]) == {"nu < 1/4", "1/4 <= nu < 1/2"}
     assert (tmp_path / "gradient_rank.png").stat().st_size > 10_000
+
+
+def test_cli_quick_preset_writes_all_outputs(tmp_path):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    out = tmp_path / "gradient-rank"
+    args = ["run", "gradient-rank", "--preset", "quick", "--set", "d=40", "--set", "k=50",
+            "--set", "n_train=30", "--set", "n_seeds=2", "--set", "nus=[0.0,0.3]",
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("gradient_rank.csv", "gradient_rank_by_nu.csv", "gradient_rank_summary.json",
+                 "gradient_rank.png", "gradient_rank.pdf", "manifest.json"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    bad = CliRunner().invoke(app, ["run", "gradient-rank", "--set", "nus=[-0.1]",
+                                   "--out", str(tmp_path / "never")])  # fmt: skip
+    assert bad.exit_code == 2 and "nus" in bad.output

@@ -637,10 +637,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
 EXPERIMENT = Experiment(
     name="alignment",
     aliases=("low-rank-gradients", "eigenvector-alignment"),
-    description=(
-        "Two-layer nets on spiked data: low-rank gradients, their alignment with the spike "
-        "and the residue, energy in span(Xᵀy, q) (Sonthalia et al. 2025)"
-    ),
+    description="Two-layer nets on spiked data: gradients align with spike and residue",
     config_cls=Config,
     presets=PRESETS,
     run=run,

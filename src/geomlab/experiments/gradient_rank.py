@@ -237,10 +237,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
 EXPERIMENT = Experiment(
     name="gradient-rank",
     aliases=("gradient-rank-phase", "spike-phase-diagram"),
-    description=(
-        "Rank of the initial gradient vs spike strength ν: one residue-aligned outlier for "
-        "ν < 1/4, about rank two for 1/4 <= ν < 1/2 (Sonthalia et al. 2025)"
-    ),
+    description="Initial gradient rank vs spike strength ν: one outlier, then rank two",
     config_cls=Config,
     presets=PRESETS,
     run=run,
