@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pandas as pd
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from geomlab.plots.style import DOUBLE_COLUMN_IN, PALETTE, paper_style
 from geomlab.plots.style import figure as new_figure
@@ -75,6 +75,7 @@ def _finish(fig, groups, flat, *, ylabel: str, style_handles: list[Line2D]) -> N
         for position, labels in enumerate(names)
         if labels
     ]
+    _tidy_log_axes(flat)
     fig.legend(
         handles=run_handles + style_handles,
         loc="outside upper center",
@@ -92,8 +93,24 @@ def _per_run(groups, flat, draw: Callable) -> None:
 
 def _log_y(ax) -> None:
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
+_PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
+
+
+def _tidy_log_axes(axes) -> None:
+    """Plain numbers (0.6, 2, 100) on log y axes. An axis spanning less than ~a decade would
+    show a single labelled power of ten, so it gets about four evenly chosen ticks instead."""
+    for ax in axes:
+        if ax.get_yscale() != "log" or not ax.get_visible():
+            continue
+        low, high = ax.get_ylim()
+        decades = math.log10(high / low) if low > 0 else math.inf
+        if decades < 1.2:
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.yaxis.set_major_formatter(_PLAIN)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(low, high)
 
 
 def _symlog_epochs(ax) -> None:
@@ -244,6 +261,11 @@ def gradient_rank_figure(by_nu: pd.DataFrame, *, threshold: float):
         _band(ax_gap, frame, "sv_ratio_34", color=PALETTE[2], label=r"$\sigma_3/\sigma_4$")
         ax_gap.axhline(threshold, color="#777777", linestyle="--", linewidth=0.8)
         _log_y(ax_gap)
+        low, high = ax_gap.get_ylim()
+        ax_gap.set_yticks([v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500) if low <= v <= high])
+        ax_gap.yaxis.set_major_formatter(_PLAIN)
+        ax_gap.yaxis.set_minor_formatter(NullFormatter())
+        ax_gap.set_ylim(low, high)
         ax_gap.set_ylabel("Singular-value gap")
         ax_gap.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3)
         _regime_guides(ax_gap)
