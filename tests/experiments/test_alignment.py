@@ -206,7 +206,7 @@ def test_tiny_run_writes_tables_summary_and_figures(tmp_path):
     angles = pd.read_csv(tmp_path / "alignment_angles.csv")
     assert set(angles["subspace"]) == {"weights", "update"}
     assert angles["mean_angle_deg"].between(0, 90).all()
-    summary = json.loads((tmp_path / "alignment_summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["final"]) == 18
     assert summary["column_space_angle_bound_deg"] == pytest.approx(90 * 6 / 24)
     for stem in alignment_figures():
@@ -225,7 +225,7 @@ ONE_SETTING = '[{"teacher": "relu", "lr": 2, "gamma_scale": "1", "epochs": 9}]'
 CLI_TINY = ["--set", "d=40", "--set", "k=50", "--set", "n_train=30", "--set", "n_test=20",
             "--set", "epoch_cap=3", "--set", "angle_checkpoints=3",
             "--set", f"relu_vs_sigmoid_settings={ONE_SETTING}"]  # fmt: skip
-ARTIFACTS = ["alignment_metrics.csv", "alignment_angles.csv", "alignment_summary.json",
+ARTIFACTS = ["alignment_metrics.csv", "alignment_angles.csv", "summary.json",
              "manifest.json", "run.log"]  # fmt: skip
 
 

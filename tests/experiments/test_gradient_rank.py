@@ -100,7 +100,7 @@ def test_tiny_run_writes_outputs(tmp_path):
     assert len(table) == 4 and {"nu", "seed", "grad_sv_1", "cos_v1_residue"} <= set(table.columns)
     by_nu = pd.read_csv(tmp_path / "gradient_rank_by_nu.csv")
     assert list(by_nu["nu"]) == [0.0, 0.3] and (by_nu["n_seeds"] == 2).all()
-    summary = json.loads((tmp_path / "gradient_rank_summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["regimes"]) == {"nu < 1/4", "1/4 <= nu < 1/2"}
     assert (tmp_path / "gradient_rank.png").stat().st_size > 10_000
 
@@ -116,7 +116,7 @@ def test_cli_quick_preset_writes_all_outputs(tmp_path):
             "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    for name in ("gradient_rank.csv", "gradient_rank_by_nu.csv", "gradient_rank_summary.json",
+    for name in ("gradient_rank.csv", "gradient_rank_by_nu.csv", "summary.json",
                  "gradient_rank.png", "gradient_rank.pdf", "manifest.json"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     bad = CliRunner().invoke(app, ["run", "gradient-rank", "--set", "nus=[-0.1]",

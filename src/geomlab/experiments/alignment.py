@@ -616,7 +616,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         "epochs_total": int(len(metrics)),
         "unconverged_angle_solves": unconverged_angles,
     }
-    ctx.write_json("alignment_summary.json", summary)
+    ctx.write_json("summary.json", summary)
 
     if finite.passed:
         from geomlab.plots import alignment as plots

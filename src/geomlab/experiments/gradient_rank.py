@@ -217,7 +217,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     ctx.write_csv("gradient_rank_by_nu.csv", by_nu)
     verdicts = regime_verdicts(table, config.outlier_ratio)
     summary = {"regimes": verdicts, "by_nu": by_nu.to_dict("records"), "cases": len(table)}
-    ctx.write_json("gradient_rank_summary.json", summary)
+    ctx.write_json("summary.json", summary)
     if finite.passed:
         from geomlab.plots.alignment import gradient_rank_figure
 
