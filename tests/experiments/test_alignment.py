@@ -267,3 +267,34 @@ def test_cli_bad_values_stop_with_the_field_name(tmp_path, args, needle):
     assert result.exit_code == 2
     assert needle in result.output
     assert not out.exists()
+
+
+def test_notebook_parameterization_runs_with_gamma_squared(tmp_path):
+    setting = {"teacher": "sigmoid", "lr": 2.0, "lr_scale": "sqrt(k)", "gamma_scale": "1/sqrt(k)",
+               "epochs": 2}  # fmt: skip
+    config = alignment.Config(
+        **{
+            **TINY,
+            "families": ["relu-vs-sigmoid"],
+            "parameterization": "notebook",
+            "relu_vs_sigmoid_settings": [setting],
+        }  # fmt: skip
+    )
+    result = alignment.run(config, FakeContext(tmp_path))
+    assert result.gates_passed
+    metrics = pd.read_csv(tmp_path / "alignment_metrics.csv")
+    assert set(metrics["parameterization"]) == {"notebook"} and metrics["run"].nunique() == 2
+    # Same data and W_0 under notebook outer weights: reproduce epoch 0's train MSE by hand.
+    g = torch.Generator().manual_seed(alignment.family_seed(config.seed, "relu-vs-sigmoid"))
+    q, W0, a = alignment.draw_shared_init(d=24, k=30, outer_init="notebook_binary",
+                                          generator=g, dtype=torch.float64)  # fmt: skip
+    problem = alignment.draw_problem(
+        q=q, W0=W0, a=a, teacher="sigmoid", n_train=20, n_test=16, nu=0.125, alpha=0.0,
+        label_noise=1.0, generator=g, device=torch.device("cpu"),
+    )  # fmt: skip
+    gamma = 30**-0.5
+    by_hand = gamma * (gamma * (a @ torch.relu(W0 @ problem.x.T)))
+    first = metrics[(metrics["activation"] == "relu") & (metrics["epoch"] == 0)].iloc[0]
+    assert first["train_mse"] == pytest.approx(
+        float(((by_hand - problem.y) ** 2).mean()), rel=1e-10
+    )
