@@ -264,6 +264,17 @@ def epoch_metrics(
     return row
 
 
+def _epochs_with_progress(count: int, progress, parts: int = 20):
+    """range(count), advancing ``progress`` once per ~1/parts of it (a run.log line per step,
+    not per epoch)."""
+    if progress is None:
+        yield from range(count)
+        return
+    bounds = np.linspace(0, count, min(parts, count) + 1).round().astype(int).tolist()
+    for start, stop in progress(list(zip(bounds[:-1], bounds[1:], strict=True))):
+        yield from range(start, stop)
+
+
 def train_and_track(
     problem: Problem,
     *,
@@ -291,8 +302,7 @@ def train_and_track(
     previous_v: torch.Tensor | None = None
     previous_w = w0_top
     fast = {"oversample": options.oversample, "tol": options.tol, "max_iter": options.max_iter}
-    steps = range(epochs + 1)
-    for epoch in progress(steps) if progress is not None else steps:
+    for epoch in _epochs_with_progress(epochs + 1, progress):
         gradient, prediction = two_layer.inner_weight_gradient(
             problem.x, problem.y, W, problem.a, activation=activation, scale=scale
         )
@@ -397,7 +407,7 @@ def comparisons(config: Config) -> list[Comparison]:
             out.append(
                 Comparison(
                     "relu-vs-sigmoid", f"s{index}", s.teacher, config.nu_relu_vs_sigmoid, runs
-                )  # type: ignore[arg-type]
+                )
             )
     if "ntk-vs-mf" in config.families:
         epochs = min(config.ntk_vs_mf_epochs, cap)
@@ -442,7 +452,7 @@ def _comparison_unit(
     w0_top = spectral.top_singular_triplets(problem.W0, 1, oversample=4, **fast).right_basis
     w0_basis = spectral.top_singular_triplets(
         problem.W0, config.angle_rank, oversample=config.svd_oversample, **fast
-    ).V
+    ).right_basis
     tracked_runs = []
     rows: list[dict[str, Any]] = []
     for spec in comparison.runs:
@@ -451,7 +461,7 @@ def _comparison_unit(
         options = TrackingOptions(
             checkpoints=checkpoint_epochs(spec.epochs, config.angle_checkpoints), **options_base
         )
-        label = f"{comparison.family} {spec.run}"
+        label = f"{comparison.family} {spec.run} ({spec.epochs} epochs)"
         tracked = train_and_track(
             problem,
             activation=spec.activation,
@@ -463,8 +473,8 @@ def _comparison_unit(
             generator=generator,
             w0_top=w0_top,
             w0_basis=w0_basis,
-            progress=lambda it, label=label, n=spec.epochs + 1: ctx.progress(
-                it, total=n, description=label
+            progress=lambda chunks, label=label: ctx.progress(
+                chunks, total=len(chunks), description=label
             ),
         )
         tracked_runs.append(tracked)
