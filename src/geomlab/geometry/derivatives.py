@@ -379,6 +379,86 @@ def directional_derivatives(
     return DirectionalDerivatives(values, "nested")
 
 
+def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
+    """``"fast"`` or ``"nested"`` for this model (in its current mode); ``"fast"`` on a model
+    that is not piecewise linear is an error. Check once, then call the paths directly."""
+    if method == "nested":
+        return "nested"
+    eligibility = check_piecewise_linear(model, example_inputs)
+    if eligibility.eligible:
+        return "fast"
+    if method == "fast":
+        raise ValueError(f"the fast derivative path is not exact here: {eligibility.reason}")
+    return "nested"
+
+
+@dataclass
+class PenalizedLoss:
+    """``total = cross_entropy + penalty``; ``penalty`` is already scaled (0 when inactive)."""
+
+    total: torch.Tensor
+    cross_entropy: torch.Tensor
+    penalty: torch.Tensor
+    num_penalized: int
+
+
+def class_selective_loss(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    target_classes: Sequence[int] | None,
+    scale: float,
+    max_order: int,
+    num_directions: int,
+    method: Literal["fast", "nested"],
+    generator: torch.Generator | None = None,
+) -> PenalizedLoss:
+    """The notebook's training loss: mean cross-entropy on the batch plus
+    ``scale × mean |d_n|`` over orders 1..max_order, ``num_directions`` random unit directions
+    and the samples whose (possibly noisy) label is in ``target_classes``.
+
+    ``target_classes=None`` penalizes every sample (global), an empty set none (baseline). The
+    penalty is computed in train mode (the notebook forces it). With the fast path and every
+    sample penalized, one forward pass serves both terms (shared dropout mask); otherwise the
+    cross-entropy has its own forward pass.
+    """
+    zero = inputs.new_zeros(())
+    if (target_classes is not None and len(target_classes) == 0) or scale == 0:
+        ce = F.cross_entropy(model(inputs), labels)
+        return PenalizedLoss(ce, ce, zero, 0)
+    if target_classes is None:
+        selected = None
+    else:
+        targets = torch.as_tensor(list(target_classes), device=labels.device)
+        mask = torch.isin(labels, targets)
+        selected = None if bool(mask.all()) else torch.nonzero(mask).flatten()
+    if selected is not None and selected.numel() == 0:
+        ce = F.cross_entropy(model(inputs), labels)
+        return PenalizedLoss(ce, ce, zero, 0)
+    was_training = model.training
+    model.train()
+    try:
+        x = inputs if selected is None else inputs[selected]
+        y = labels if selected is None else labels[selected]
+        directions = sample_unit_directions(num_directions, x, generator=generator)
+        if method == "fast":
+            values, logits = fast_directional_derivatives(
+                model, x, y, directions, max_order=max_order
+            )
+            ce_logits = logits if selected is None else model(inputs)
+        else:
+            values = nested_directional_derivatives(
+                model, x, y, directions, max_order=max_order, create_graph=True
+            )
+            ce_logits = model(inputs)
+    finally:
+        model.train(was_training)
+    ce = F.cross_entropy(ce_logits, labels)
+    penalty = scale * derivative_penalty(values)
+    return PenalizedLoss(ce + penalty, ce, penalty, int(x.shape[0]))
+
+
 def derivative_penalty(derivatives: torch.Tensor) -> torch.Tensor:
     """The notebook's unscaled penalty: mean over (order, direction) of the per-sample mean of
     ``|d_n|``. All terms have the same batch, so this is the plain mean of ``|d|``."""
@@ -442,7 +522,8 @@ def boundary_point_indices(
     in_classes = torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
     candidates = torch.nonzero(in_classes & (top >= low) & (top <= high)).flatten()
     if candidates.numel() > max_points:
-        order = torch.randperm(candidates.numel(), generator=generator, device="cpu")
+        device = generator.device if generator is not None else candidates.device
+        order = torch.randperm(candidates.numel(), generator=generator, device=device)
         candidates = candidates[order[:max_points].to(candidates.device)]
     return candidates.sort().values
 
