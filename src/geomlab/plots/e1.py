@@ -1,0 +1,47 @@
+"""E1 figure: loss reduction vs measured KL, NG advantage, and measured/target KL."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from geomlab.plots.style import COLORS, LABELS, paper_style
+from geomlab.plots.style import figure as new_figure
+
+MARKERS = {"sgd": "s", "natgrad": "o"}
+
+
+def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame):
+    """Three stacked panels at single-column width, all against KL on a log axis."""
+    with paper_style():
+        fig, (ax_loss, ax_adv, ax_ratio) = new_figure(3, 1, height=5.0)
+        for method in ("sgd", "natgrad"):
+            rows = aggregated[aggregated["method"] == method].sort_values("epsilon")
+            ax_loss.errorbar(
+                rows["kl_step_mean"], rows["delta_loss_mean"],
+                xerr=rows["kl_step_std"].fillna(0), yerr=rows["delta_loss_std"].fillna(0),
+                marker=MARKERS[method], color=COLORS[method], label=LABELS[method],
+            )  # fmt: skip
+            ax_ratio.errorbar(
+                rows["epsilon"], rows["kl_ratio_mean"], yerr=rows["kl_ratio_std"].fillna(0),
+                marker=MARKERS[method], color=COLORS[method], label=LABELS[method],
+            )  # fmt: skip
+        ax_loss.set(
+            xscale="log", yscale="log", xlabel="Measured per-step KL", ylabel="Loss reduction"
+        )
+        ax_loss.legend(loc="upper left")
+
+        ax_adv.errorbar(
+            advantage["epsilon"], advantage["advantage_pct"],
+            yerr=advantage["advantage_pct_seed_std"].fillna(0),
+            marker="o", color=COLORS["accent"],
+        )  # fmt: skip
+        ax_adv.axhline(0, color=COLORS["grey"], linestyle="--", linewidth=0.8)
+        ax_adv.set(xscale="log", xlabel=r"Target per-step KL $\varepsilon$",
+                   ylabel="NG advantage (%)")  # fmt: skip
+
+        ax_ratio.axhline(1, color=COLORS["grey"], linestyle="--", linewidth=0.8)
+        ax_ratio.set(xscale="log", xlabel=r"Target per-step KL $\varepsilon$",
+                     ylabel="Measured / target KL")  # fmt: skip
+        for ax in (ax_loss, ax_adv, ax_ratio):
+            ax.grid(True, which="major")
+    return fig

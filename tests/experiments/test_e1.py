@@ -1,0 +1,115 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from geomlab.config import ConfigError
+from geomlab.data.synthetic import gaussian_clusters
+from geomlab.experiments import e1_pareto, get
+from geomlab.models import softmax_regression as sr
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "e1_notebook_cpu.json"
+
+
+@pytest.fixture(scope="module")
+def notebook_rows() -> pd.DataFrame:
+    return pd.DataFrame(json.loads(FIXTURE.read_text())["rows"])
+
+
+@pytest.fixture(scope="module")
+def paper_rows() -> pd.DataFrame:
+    """Every (seed, eps, method) of the paper configuration, computed by the library."""
+    cfg = e1_pareto.Config()
+    inputs, labels = gaussian_clusters(n_samples=cfg.n_samples, n_features=cfg.n_features,
+                                       n_classes=cfg.n_classes, seed=cfg.data_seed)  # fmt: skip
+    eps = torch.tensor(cfg.epsilon_values, dtype=torch.float64)
+    frames = []
+    for kl_measurement in ("exact", "notebook"):
+        for seed in cfg.seed_list:
+            weight = sr.init_weights(cfg.n_classes, cfg.n_features, seed=seed)
+            rows, gate = e1_pareto.kl_matched_steps(
+                weight, inputs, labels, eps, rcond=cfg.rcond, gate_rel_tol=cfg.gate_rel_tol,
+                kl_measurement=kl_measurement,
+            )  # fmt: skip
+            assert gate.passed
+            frame = pd.DataFrame(rows)
+            frame["seed"] = seed
+            frame["kl_measurement"] = kl_measurement
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_loss_reductions_match_the_notebook_to_1e9_relative(notebook_rows, paper_rows):
+    ours = paper_rows[paper_rows["kl_measurement"] == "exact"]
+    merged = notebook_rows.merge(ours, on=["seed", "epsilon", "method"], suffixes=("_nb", ""))
+    assert len(merged) == len(notebook_rows) == 180
+    for column in ("loss_before", "loss_after", "delta_loss", "eta"):
+        rel = ((merged[column] - merged[f"{column}_nb"]).abs() / merged[f"{column}_nb"].abs()).max()
+        assert rel < 1e-9, column
+    ng = merged[merged["method"] == "natgrad"]
+    assert (ng["cos_g_v"] - ng["cos_g_v_nb"]).abs().max() < 1e-12
+
+
+def test_notebook_kl_switch_reproduces_the_notebooks_defective_kl(notebook_rows, paper_rows):
+    ours = paper_rows[paper_rows["kl_measurement"] == "notebook"]
+    merged = notebook_rows.merge(ours, on=["seed", "epsilon", "method"], suffixes=("_nb", ""))
+    rel = ((merged["kl_step"] - merged["kl_step_nb"]).abs() / merged["kl_step_nb"]).max()
+    assert rel < 1e-6
+    # ... and that number carries no information: it is ~1e-9 for every epsilon.
+    assert merged["kl_step"].max() < 1e-8
+
+
+def test_exact_measured_kl_tracks_target_and_ratio_tends_to_one(paper_rows):
+    exact = paper_rows[paper_rows["kl_measurement"] == "exact"]
+    by_eps = exact.groupby("epsilon")["kl_ratio"].agg(lambda r: (r - 1).abs().max())
+    assert by_eps.iloc[0] < 3e-3  # smallest epsilon
+    assert by_eps.is_monotonic_increasing
+    assert (exact["kl_step"] > 0).all()
+
+
+def test_natural_gradient_beats_sgd_at_matched_kl(paper_rows):
+    exact = paper_rows[paper_rows["kl_measurement"] == "exact"]
+    raw = exact.rename(columns={})
+    adv = e1_pareto.relative_advantage(raw)
+    assert (adv["advantage_pct"] > 0).all()
+    agg = e1_pareto.aggregate(raw)
+    assert list(agg.columns[:8]) == [
+        "epsilon", "method", "delta_loss_mean", "delta_loss_std",
+        "kl_step_mean", "kl_step_std", "kl_ratio_mean", "kl_ratio_std",
+    ]  # fmt: skip
+    assert (agg["n_seeds"] == 10).all()
+
+
+def test_alias_and_presets():
+    assert get("ng-pareto") is not None and get("ng-pareto").name == "e1"
+    quick = get("e1").make_config("quick")
+    assert quick.n_seeds < 10
+    assert get("e1").make_config("paper") == e1_pareto.Config()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"epsilon_values": [1e-3, -1.0]}, "epsilon_values.1"),
+        ({"n_classes": 1}, "n_classes"),
+        ({"rcond": -1}, "rcond"),
+        ({"n_seeds": 0}, "n_seeds"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"n_classes": 20}, "n_features"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        get("e1").make_config("paper", overrides)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="unknown config key.*'n_sample'"):
+        get("e1").make_config("paper", {"n_sample": 10})
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ConfigError, match="paper, quick"):
+        get("e1").make_config("huge")

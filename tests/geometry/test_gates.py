@@ -1,0 +1,34 @@
+import math
+
+import torch
+
+from geomlab.geometry.gates import allclose_gate, finite_gate, psd_gate
+
+
+def test_psd_gate_passes_psd_and_fails_indefinite():
+    a = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert psd_gate(a @ a.T).passed
+    bad = psd_gate(torch.diag(torch.tensor([1.0, -0.1], dtype=torch.float64)), scope="seed=1")
+    assert not bad.passed
+    assert bad.scope == "seed=1"
+    assert bad.details["min_eigenvalue"] == -0.1
+    assert "FAIL" in bad.message
+
+
+def test_psd_gate_tolerates_round_off_relative_to_scale():
+    m = torch.diag(torch.tensor([1e3, -1e-6], dtype=torch.float64))
+    assert psd_gate(m, rel_tol=1e-7).passed
+    assert not psd_gate(m, rel_tol=1e-10).passed
+
+
+def test_finite_gate_names_the_offender():
+    gate = finite_gate({"ok": torch.ones(3), "loss": torch.tensor([1.0, math.nan])})
+    assert not gate.passed
+    assert gate.details["non_finite"] == "loss"
+    assert finite_gate({"x": [1.0, 2.0]}).passed
+
+
+def test_allclose_gate():
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert allclose_gate(a, a + 1e-14, name="eq").passed
+    assert not allclose_gate(a, a + 1e-3, name="eq").passed
