@@ -178,6 +178,91 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
     _print_headline(manifest)
 
 
+# --- λ control and data (lambda-control experiment) ------------------------------------------
+
+data_app = typer.Typer(help="Datasets: opt-in downloads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    dataset: Annotated[str, typer.Argument(help="dataset name: mnist")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="target root (default $GEOMLAB_DATA or ~/.cache/geomlab)")
+    ] = None,
+    mirror: Annotated[
+        list[str] | None, typer.Option(help="mirror base URL, tried in order (repeatable)")
+    ] = None,
+) -> None:
+    """Download a dataset's files from public mirrors, verifying checksums."""
+    from geomlab.data import mnist
+
+    if dataset.lower() != "mnist":
+        raise fail(f"unknown dataset {dataset!r}; known: mnist")
+    try:
+        paths = mnist.download_mnist(
+            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, log=err_console.print
+        )
+    except mnist.MNISTDataError as error:
+        raise fail(str(error), EXIT_RUN_FAILED) from None
+    console.print(f"MNIST ready in [bold]{paths[0].parent}[/]")
+
+
+@app.command("measure-lambda")
+def measure_lambda(
+    run_dir: Annotated[Path, typer.Argument(help="a finished lambda-control run directory")],
+    more_pairs: Annotated[
+        list[str] | None,
+        typer.Argument(help="further class pairs, e.g. 3,8 5v6", show_default=False),
+    ] = None,
+    pairs: Annotated[
+        list[str] | None,
+        typer.Option(help="class pairs, e.g. --pairs 4,9 3,8 (default: the run's)"),
+    ] = None,
+    prob_range: Annotated[
+        str | None, typer.Option(help="boundary range low,high, e.g. 0.3,0.7")
+    ] = None,
+    max_order: Annotated[int | None, typer.Option(help="n_max of the fit")] = None,
+    directions: Annotated[int | None, typer.Option(help="random directions per point")] = None,
+    max_points: Annotated[int | None, typer.Option()] = None,
+    min_points: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="folder with MNIST IDX files")] = None,
+) -> None:
+    """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
+    from pydantic import ValidationError
+
+    from geomlab.experiments.lambda_control import measure_lambda_from_run
+
+    chosen = [*(pairs or []), *(more_pairs or [])]
+    try:
+        low_high = tuple(float(v) for v in prob_range.split(",")) if prob_range else None
+        table = measure_lambda_from_run(
+            run_dir,
+            pairs=" ".join(chosen) if chosen else None,
+            prob_range=low_high,
+            max_order=max_order,
+            num_directions=directions,
+            max_points=max_points,
+            min_points=min_points,
+            device=device,
+            data_dir=str(data_dir) if data_dir else None,
+            log=err_console.print,
+        )
+    except (FileNotFoundError, ValueError, ValidationError) as error:
+        raise fail(str(error)) from None
+    result = Table(box=None, header_style="bold")
+    for column in ("condition", "seed", "pair", "lambda", "num_points"):
+        result.add_column(column, justify="right" if column != "condition" else "left")
+    for row in table.to_dict("records"):
+        result.add_row(
+            row["condition"], str(row["seed"]), row["pair"], _fmt(row["lambda"]),
+            str(row["num_points"]),
+        )  # fmt: skip
+    console.print(result)
+    console.print(f"written: {run_dir / 'lambda_remeasured.csv'}")
+
+
 def main() -> None:
     app()
 

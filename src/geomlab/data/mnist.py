@@ -338,7 +338,7 @@ def corrupt_labels(
 
 def normalize_images(images: np.ndarray, device: torch.device | str, dtype=torch.float32):
     """uint8 ``[N, 28, 28]`` → normalized ``[N, 1, 28, 28]`` on ``device`` (one transfer)."""
-    raw = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    raw = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).to(device)
     return ((raw.to(dtype) / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
 
