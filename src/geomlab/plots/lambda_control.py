@@ -85,10 +85,11 @@ def lambda_fits(fits: pd.DataFrame, conditions: list[str], pairs: list[str]):
                         linewidth=0.9, alpha=0.8)  # fmt: skip
             ax.set_xticks(sorted(rows["order"].unique()))
             ax.set(xlabel=r"Order $n$", title=None)
-            ax.text(0.04, 0.96, pair.replace("v", " vs "), transform=ax.transAxes, va="top")
+            ax.text(0.96, 0.96, pair.replace("v", " vs "), transform=ax.transAxes, va="top",
+                    ha="right")  # fmt: skip
             ax.grid(True)
         axes[0].set_ylabel(r"mean log$|d_n|$")
-        axes[-1].legend(loc="lower right")
+        axes[0].legend(loc="lower left")
     return fig
 
 
@@ -114,7 +115,7 @@ def training_curves(history: pd.DataFrame, conditions: list[str]):
                         label=label)  # fmt: skip
                 if rows["seed"].nunique() > 1:
                     ax.fill_between(epochs, grouped[column].min(), grouped[column].max(),
-                                    color=colors[condition], alpha=0.15, linewidth=0)  # fmt: skip
+                                    color=colors[condition], alpha=0.12, linewidth=0)  # fmt: skip
         ax_acc.set(xlabel="Epoch", ylabel="Test accuracy")
         ax_loss.set(xlabel="Epoch", ylabel="Loss (solid: train, dashed: test)")
         for ax in (ax_acc, ax_loss):
