@@ -236,3 +236,20 @@ def test_gzip_detection_is_by_content_not_name(tmp_path):
     assert np.array_equal(read_idx(tmp_path / "x.gz", expected_magic=IMAGES_MAGIC), images)
     (tmp_path / "y").write_bytes(gzip.compress(raw.read_bytes()))
     assert np.array_equal(read_idx(tmp_path / "y", expected_magic=IMAGES_MAGIC), images)
+
+
+def test_cli_download_verifies_checksums(tmp_path, local_mirrors):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    mirrors, _, _ = local_mirrors
+    # the served files are small fakes, so the real MNIST checksums must reject them
+    args = ["data", "download", "mnist", "--data-dir", str(tmp_path / "d")]
+    for mirror in mirrors:
+        args += ["--mirror", mirror]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "MD5" in result.output
+    unknown = CliRunner().invoke(app, ["data", "download", "cifar"])
+    assert unknown.exit_code != 0 and "unknown dataset" in unknown.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -204,3 +205,17 @@ def test_condition_helpers():
     assert lc.pair_role((4, 8), (4, 9)) == "mixed"
     ci = lc.bootstrap_mean_ci([1.0, 2.0, 3.0], samples=500, seed=0)
     assert ci["mean"] == 2.0 and 1.0 <= ci["ci95"][0] <= ci["ci95"][1] <= 3.0
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    write_tiny_mnist(tmp_path)
+    config = get("lambda").make_config(
+        "quick", {**TINY, "data_dir": str(tmp_path), "train_limit": 64, "reg_directions": 1}
+    )
+    data = lc.load_data(config, "cpu")
+    log = logging.getLogger("test")
+    first, record = lc.train_model(config, "selective:4,9", 3, data, "cpu", log)
+    second, _ = lc.train_model(config, "selective:4,9", 3, data, "cpu", log)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert (a == b).all()
+    assert record["history"][0]["penalized_fraction"] > 0
