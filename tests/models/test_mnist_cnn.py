@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from geomlab.geometry import derivatives as deriv
 from geomlab.geometry.derivatives import check_piecewise_linear
-from geomlab.models.mnist_cnn import NUM_PARAMETERS, build_mnist_cnn, count_parameters
+from geomlab.models.mnist_cnn import (
+    NUM_PARAMETERS,
+    MNISTConvNet,
+    build_mnist_cnn,
+    count_parameters,
+)
 
 
 def test_parameter_count_and_output_shape():
@@ -36,3 +42,57 @@ def test_fast_path_eligible_in_train_and_eval_mode():
 def test_bad_dropout_is_an_error():
     with pytest.raises(ValueError, match="dropout"):
         build_mnist_cnn(seed=0, dropout=1.0)
+
+
+def float64_case(seed: int = 0):
+    model = build_mnist_cnn(seed=seed).double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64, generator=g)
+    labels = torch.tensor([4, 9, 3])
+    directions = deriv.sample_unit_directions(2, x, generator=g)
+    return model, x, labels, directions
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_hand_linearization_equals_generic_jvp_and_nested(train):
+    model, x, labels, directions = float64_case()
+    model.train(train)
+    assert deriv.provided_linearization(model) is not None
+    torch.manual_seed(1)
+    logits, tangents = model.logits_and_tangents(x, directions)
+    torch.manual_seed(1)
+    jvp_logits, jvp_tangents = deriv.jvp_logits_and_tangents(model, x, directions)
+    assert rel(logits, jvp_logits) < 1e-13 and rel(tangents, jvp_tangents) < 1e-13
+
+    torch.manual_seed(2)
+    fast, _ = deriv.fast_directional_derivatives(model, x, labels, directions, max_order=3)
+    fast_grads = torch.autograd.grad(deriv.derivative_penalty(fast), list(model.parameters()))
+    for k in range(2):
+        torch.manual_seed(2)  # replay the shared dropout mask for each reference pass
+        nested = deriv.nested_directional_derivatives(
+            model, x, labels, directions[k : k + 1], max_order=3, create_graph=True
+        )
+        for n in range(3):
+            assert rel(fast[n, k].detach(), nested[n, 0].detach()) < 1e-10
+    if not train:  # one reference for all directions (no dropout to replay)
+        nested = deriv.nested_directional_derivatives(
+            model, x, labels, directions, max_order=3, create_graph=True
+        )
+        nested_grads = torch.autograd.grad(
+            deriv.derivative_penalty(nested), list(model.parameters())
+        )
+        for a, b in zip(fast_grads, nested_grads, strict=True):
+            assert rel(a, b) < 1e-10
+
+
+def test_subclass_with_another_forward_does_not_reuse_the_linearization():
+    class Changed(MNISTConvNet):
+        def forward(self, x):
+            return torch.tanh(super().forward(x))
+
+    assert deriv.provided_linearization(Changed()) is None
+    assert deriv.provided_linearization(MNISTConvNet()) is not None

@@ -266,10 +266,20 @@ def logits_and_tangents(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``z`` ``[B, C]`` and their directional derivatives ``v = J u`` ``[K, B, C]``.
 
-    One forward-mode pass with the K tangents batched by ``vmap``; the primal (and any dropout
-    mask, drawn once with ``randomness="same"``) is shared by all directions. Differentiable in
-    the model's parameters by ordinary reverse mode.
+    Uses the model's own linearization when it provides one (see :func:`provided_linearization`),
+    else :func:`jvp_logits_and_tangents`. Differentiable in the model's parameters.
     """
+    provided = provided_linearization(model)
+    if provided is not None:
+        return provided(inputs, directions)
+    return jvp_logits_and_tangents(model, inputs, directions)
+
+
+def jvp_logits_and_tangents(
+    model: nn.Module, inputs: torch.Tensor, directions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generic path: one forward-mode pass with the K tangents batched by ``vmap``; the primal
+    (and any dropout mask, drawn once with ``randomness="same"``) is shared by all directions."""
 
     def push_forward(direction: torch.Tensor):
         return torch.func.jvp(model, (inputs,), (direction,))
@@ -278,6 +288,17 @@ def logits_and_tangents(
         directions
     )
     return logits, tangents
+
+
+def provided_linearization(model: nn.Module):
+    """The model's ``logits_and_tangents(inputs, directions)`` method, trusted only when the class
+    that defines ``forward`` also defines it (a subclass that changes ``forward`` falls back to
+    the generic JVP rather than using a stale linearization)."""
+    method = getattr(model, "logits_and_tangents", None)
+    if not callable(method):
+        return None
+    owner = next(cls for cls in type(model).__mro__ if "forward" in vars(cls))
+    return method if "logits_and_tangents" in vars(owner) else None
 
 
 def loss_derivatives_along_tangents(
