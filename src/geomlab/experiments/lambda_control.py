@@ -197,7 +197,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "conditions": ["baseline", "global", "selective:4,9"],
         "seeds": [0, 1],
         "epochs": 2,
-        "train_limit": 4000,
+        "train_limit": 3000,
         "test_limit": 2000,
         "max_points": 100,
         "bootstrap_samples": 2000,
