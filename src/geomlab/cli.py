@@ -253,6 +253,25 @@ def sweep(
             raise fail(message, EXIT_GATES_FAILED)
 
 
+@app.command("report")
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="run and/or sweep directories")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="HTML file (default: DIR/report.html for one DIR, else report.html)"),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (tables, gates, figures) for runs and sweeps."""
+    from geomlab import report as reports
+
+    target = out or (dirs[0] / "report.html" if len(dirs) == 1 else Path("report.html"))
+    try:
+        path = reports.write_report(dirs, target)
+    except reports.ReportError as error:
+        raise fail(str(error)) from None
+    console.print(f"report: [bold]{path}[/]")
+
+
 def main() -> None:
     app()
 
