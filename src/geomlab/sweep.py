@@ -402,7 +402,9 @@ class _LocalBackend(_Backend):
         self.executor = self._new_pool()
 
     def close(self, *, cancel: bool = False) -> None:
-        self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        # Waits even when cancelling: on Ctrl-C the workers got SIGINT too and record their
+        # runs as interrupted within moments; then runs.csv says so.
+        self.executor.shutdown(wait=True, cancel_futures=cancel)
 
 
 class _DaskBackend(_Backend):
@@ -818,7 +820,9 @@ def _drive(
                 done += 1
                 if status in ("failed", "interrupted"):
                     failed += 1
-                    log.error("%s %s:\n%s", run.label, status, report.traceback or report.error)
+                    log.error("%s %s: %s (traceback in %s)", run.label, status, report.error,
+                              SWEEP_LOG)  # fmt: skip
+                    log.debug("%s traceback:\n%s", run.label, report.traceback or report.error)
                 write_tables()
                 display.update(done, len(inflight), failed, f"{run.label}: {status}")
             if broken:
