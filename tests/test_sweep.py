@@ -361,3 +361,19 @@ def test_dask_local_cluster_gives_the_local_results(local_sweep, tmp_path):
         a = pd.read_csv(local_sweep / "runs" / name / "E1_results_raw.csv")
         b = pd.read_csv(tmp_path / "dask" / "runs" / name / "E1_results_raw.csv")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_a_superset_of_runs_extends_a_sweep_and_anything_else_is_refused(tmp_path):
+    small = sweep.SweepSpec("e1", "quick", {}, {}, seeds=[0, 1])
+    experiment, small_runs = sweep.expand(small)
+    (tmp_path / "sweep.json").write_text(
+        json.dumps(
+            {"experiment": "e1", "runs": [{"config_hash": r.config_hash} for r in small_runs]}
+        )
+    )
+    _, more = sweep.expand(sweep.SweepSpec("e1", "quick", {}, {}, seeds=[0, 1, 2]))
+    assert sweep._previous_sweep(tmp_path, experiment, more)["experiment"] == "e1"
+    for other in ([0], [5, 6]):
+        _, runs = sweep.expand(sweep.SweepSpec("e1", "quick", {}, {}, seeds=other))
+        with pytest.raises(sweep.SweepError, match="holds another sweep"):
+            sweep._previous_sweep(tmp_path, experiment, runs)

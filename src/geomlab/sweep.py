@@ -649,23 +649,28 @@ def _driver_lock(out_dir: Path) -> Iterator[None]:
         yield
 
 
-def _prepare_dir(out_dir: Path, spec: SweepSpec, experiment: Experiment, runs: list[RunSpec]):
+def _previous_sweep(out_dir: Path, experiment: Experiment, runs: list[RunSpec]) -> dict | None:
     """Refuse a directory that holds another sweep; a superset of its runs extends it."""
     path = out_dir / SWEEP_FILE
-    if path.exists():
-        previous = io.read_json(path)
-        old = {run["config_hash"] for run in previous.get("runs", [])}
-        new = {run.config_hash for run in runs}
-        if previous.get("experiment") != experiment.name or not old <= new:
-            raise SweepError(
-                f"{out_dir} holds another sweep ({len(old - new)} of its runs are not in this "
-                "one); choose another --out"
-            )
+    if not path.exists():
+        return None
+    previous = io.read_json(path)
+    old = {run["config_hash"] for run in previous.get("runs", [])}
+    new = {run.config_hash for run in runs}
+    if previous.get("experiment") != experiment.name or not old <= new:
+        raise SweepError(
+            f"{out_dir} holds another sweep ({len(old - new)} of its runs are not in this "
+            "one); choose another --out"
+        )
+    return previous
 
 
-def _sweep_record(spec: SweepSpec, experiment: Experiment, runs: list[RunSpec]) -> dict:
+def _sweep_record(
+    spec: SweepSpec, experiment: Experiment, runs: list[RunSpec], previous: dict | None
+) -> dict:
     import geomlab
 
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     return {
         "experiment": experiment.name,
         "preset": spec.preset,
@@ -677,7 +682,8 @@ def _sweep_record(spec: SweepSpec, experiment: Experiment, runs: list[RunSpec]) 
         else None,
         "sweep_hash": sweep_digest(experiment, runs),
         "geomlab": geomlab.__version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": (previous or {}).get("created", now),
+        "updated": now,
         "runs": [
             {
                 "name": r.name,
@@ -719,10 +725,10 @@ def run_sweep(
     out_dir = Path(out_dir) if out_dir is not None else default_sweep_dir(experiment, runs)
     console = console or Console(stderr=True)
     interactive = console.is_terminal if interactive is None else interactive
-    _prepare_dir(out_dir, spec, experiment, runs)
+    previous = _previous_sweep(out_dir, experiment, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _driver_lock(out_dir):
-        io.write_json(out_dir / SWEEP_FILE, _sweep_record(spec, experiment, runs))
+        io.write_json(out_dir / SWEEP_FILE, _sweep_record(spec, experiment, runs, previous))
         log = _sweep_logger(out_dir, console, interactive)
         try:
             return _drive(spec, experiment, runs, out_dir, log, console, interactive,
