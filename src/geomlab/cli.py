@@ -237,6 +237,8 @@ def sweep(
         raise fail(str(error).strip("'\"")) from None
     except KeyboardInterrupt:
         raise fail("interrupted; rerun the same command to resume", EXIT_RUN_FAILED) from None
+    except Exception as error:  # the driver itself failed; sweep.log has what it got to
+        raise fail(f"sweep failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED) from error
 
     counts = outcome.counts
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

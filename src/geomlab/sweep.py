@@ -418,7 +418,10 @@ class _DaskBackend(_Backend):
 
         self.cluster = None
         if address:
-            self.client = Client(address, timeout="30s")
+            try:
+                self.client = Client(address, timeout="30s")
+            except (OSError, TimeoutError) as error:
+                raise SweepError(f"cannot reach the Dask scheduler at {address}: {error}") from None
             # Cluster workers get OMP_NUM_THREADS=1 from their nannies; unless told, leave
             # torch alone (we cannot see how many workers share a machine).
             self.slots = workers or max(1, sum(self.client.nthreads().values()))
