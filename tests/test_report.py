@@ -34,25 +34,37 @@ def sweep_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(sweep_dir, tmp_path_factory) -> tuple[Path, str]:
-    one_run = next(p for p in (sweep_dir / "runs").iterdir() if "data_seed=42" in p.name)
+def one_run(sweep_dir) -> Path:
+    return next(p for p in sorted((sweep_dir / "runs").iterdir()) if "data_seed=42" in p.name)
+
+
+@pytest.fixture(scope="module")
+def page(sweep_dir, one_run, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("html") / "report.html"
     result = runner.invoke(app, ["report", str(sweep_dir), str(one_run), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, out.read_text(encoding="utf-8")
 
 
+@pytest.fixture(scope="module")
+def n_figures(sweep_dir, one_run) -> int:
+    """PNGs the page must embed: every run of the sweep, and the run given on its own."""
+    n = len(list((sweep_dir / "runs").glob("*/*.png"))) + len(list(one_run.glob("*.png")))
+    assert n >= 3  # E1 draws one figure per complete run
+    return n
+
+
 def _tables(text: str, css: str) -> list[str]:
     return re.findall(rf'<table class="{css}[^"]*">(.*?)</table>', text, flags=re.S)
 
 
-def test_report_is_self_contained(page):
+def test_report_is_self_contained(page, n_figures):
     _, text = page
     assert "<script" not in text.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
     assert "@import" not in text and "url(" not in text
     sources = re.findall(r'<img src="([^"]+)"', text)
-    assert len(sources) == 3  # E1's figure: two sweep runs + the run given on its own
+    assert len(sources) == n_figures
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,7 +125,7 @@ def _browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def test_a_headless_browser_renders_tables_and_images(page, tmp_path):
+def test_a_headless_browser_renders_tables_and_images(page, n_figures, tmp_path):
     browser = _browser()
     if browser is None:
         pytest.skip(
@@ -137,5 +149,5 @@ def test_a_headless_browser_renders_tables_and_images(page, tmp_path):
     rendered = json.loads(found.group(1).replace("&quot;", '"'))
     assert rendered["tables"] == text.count("<table")
     assert rendered["aggregateRows"] == 1 and rendered["aggregateHeight"] > 0
-    assert rendered["images"] == 3 and rendered["decoded"] == 3
+    assert rendered["images"] == n_figures and rendered["decoded"] == n_figures
     assert rendered["firstImageWidth"] > 100
