@@ -194,7 +194,7 @@ def _make_logger(out_dir: Path, console: Console, interactive: bool) -> logging.
 
         logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
     else:
-        stream = logging.StreamHandler(sys.stderr)
+        stream = logging.StreamHandler(console.file)  # the caller's console, not always stderr
         stream.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(stream)
     return logger
