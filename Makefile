@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 demo: $(STAMP)
 	$(BIN)/geomlab run e1 --preset paper --out $(DEMO_OUT)/e1 --force
+	$(BIN)/geomlab run e3 --preset paper --out $(DEMO_OUT)/e3 --force
 	@echo "demo results are in $(DEMO_OUT)/ (inspect one with: $(BIN)/geomlab show $(DEMO_OUT)/e1)"
 
 test: $(STAMP)

@@ -178,6 +178,102 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
     _print_headline(manifest)
 
 
+@app.command("sweep")
+def sweep(
+    name: Annotated[str, typer.Argument(help="experiment name or alias (see `geomlab list`)")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="config key and its values: key=v1,v2,... (repeatable)"),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="one run per seed: 0-9, 0,3,7 or 0-4,10-12")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="named preset, e.g. paper or quick")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="fixed override for every run: key=value (repeatable)"),
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local (process pool) or dask")] = "local",
+    workers: Annotated[
+        int | None, typer.Option(help="parallel runs (default: cores, GPUs or cluster threads)")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Dask scheduler, e.g. tcp://host:8786 (else LocalCluster)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per run (default: cores // workers)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="sweep directory (default results/NAME/sweep-HASH); rerun to resume"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda (overrides the config's device)")
+    ] = None,
+    allow_gate_failures: Annotated[
+        bool, typer.Option(help="exit 0 even when a run fails a validation gate")
+    ] = False,
+) -> None:
+    """Run an experiment over a grid of config values and seeds; resumable."""
+    from geomlab import sweep as sweeps
+
+    try:
+        overrides = parse_overrides(set_ or [])
+        if device is not None:
+            overrides["device"] = device
+        experiment = experiments.get(name)
+        spec = sweeps.SweepSpec(
+            experiment=experiment.name,
+            preset=preset or experiment.default_preset,
+            overrides=overrides,
+            grid=sweeps.parse_grid(grid or []),
+            seeds=sweeps.parse_seeds(seeds) if seeds is not None else None,
+        )
+        outcome = sweeps.run_sweep(
+            spec, out_dir=out, executor=executor, workers=workers, address=address,
+            threads=threads, console=err_console,
+        )  # fmt: skip
+    except (KeyError, ConfigError, sweeps.SweepError) as error:
+        raise fail(str(error).strip("'\"")) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; rerun the same command to resume", EXIT_RUN_FAILED) from None
+    except Exception as error:  # the driver itself failed; sweep.log has what it got to
+        raise fail(f"sweep failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED) from error
+
+    counts = outcome.counts
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"{len(outcome.runs)} runs ({summary}); {outcome.skipped} were already done")
+    console.print(f"sweep: [bold]{outcome.out_dir}[/] (table: {outcome.out_dir / sweeps.RUNS_CSV})")
+    if counts.get("failed") or counts.get("interrupted"):
+        bad = counts.get("failed", 0) + counts.get("interrupted", 0)
+        raise fail(f"{bad} run(s) did not finish; see runs.csv and sweep.log", EXIT_RUN_FAILED)
+    if counts.get("gates_failed"):
+        message = f"{counts['gates_failed']} run(s) failed a validation gate"
+        if allow_gate_failures:
+            err_console.print(f"[yellow]warning:[/] {message}")
+        else:
+            raise fail(message, EXIT_GATES_FAILED)
+
+
+@app.command("report")
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="run and/or sweep directories")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="HTML file (default: DIR/report.html for one DIR, else report.html)"),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (tables, gates, figures) for runs and sweeps."""
+    from geomlab import report as reports
+
+    target = out or (dirs[0] / "report.html" if len(dirs) == 1 else Path("report.html"))
+    try:
+        path = reports.write_report(dirs, target)
+    except reports.ReportError as error:
+        raise fail(str(error)) from None
+    console.print(f"report: [bold]{path}[/]")
+
+
 # --- λ control and data (lambda-control experiment) ------------------------------------------
 
 data_app = typer.Typer(help="Datasets: opt-in downloads.", no_args_is_help=True)

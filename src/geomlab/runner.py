@@ -185,9 +185,7 @@ def _make_logger(out_dir: Path, console: Console, interactive: bool) -> logging.
     logger = logging.getLogger(f"geomlab.run.{out_dir.resolve()}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    _close_handlers(logger)
     file_handler = logging.FileHandler(out_dir / LOG_FILE, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(file_handler)
@@ -196,10 +194,16 @@ def _make_logger(out_dir: Path, console: Console, interactive: bool) -> logging.
 
         logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
     else:
-        stream = logging.StreamHandler(sys.stderr)
+        stream = logging.StreamHandler(console.file)  # the caller's console, not always stderr
         stream.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(stream)
     return logger
+
+
+def _close_handlers(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def run_experiment(
@@ -266,10 +270,8 @@ def run_experiment(
         )
         io.write_json(manifest_path, manifest)
         log.error("run %s: %s", manifest["status"], manifest["error"])
+        _close_handlers(log)
         raise
-    finally:
-        for handler in list(log.handlers):
-            handler.flush()
 
     status = "complete" if result.gates_passed else "gates_failed"
     manifest.update(
@@ -283,7 +285,5 @@ def run_experiment(
     # The manifest's final status is written last: it is the completion marker.
     io.write_json(manifest_path, manifest)
     log.info("%s in %.1f s: %s", status, manifest["wall_seconds"], out_dir)
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
+    _close_handlers(log)
     return RunOutcome(status, out_dir, result, manifest)

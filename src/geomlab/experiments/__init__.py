@@ -9,6 +9,7 @@ from geomlab.experiments.base import Experiment
 # Module names, imported lazily so that `geomlab list` stays fast.
 _MODULES = [
     "geomlab.experiments.e1_pareto",
+    "geomlab.experiments.e3_invariance",
     "geomlab.experiments.lambda_control",
 ]
 

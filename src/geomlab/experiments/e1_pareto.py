@@ -3,65 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from geomlab.data.synthetic import gaussian_clusters
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import Experiment, RunContext, RunResult
+from geomlab.experiments.softmax_common import (
+    ClusterSoftmaxConfig,
+    PositiveFloat,
+    load_cluster_data,
+)
 from geomlab.geometry import fisher as fisher_ops
 from geomlab.geometry.gates import GateResult, finite_gate, psd_gate_from_eigenvalues
 from geomlab.models import softmax_regression as model
 
-PositiveFloat = Annotated[float, Field(gt=0)]
 NOTEBOOK_EPSILONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-class Config(ExperimentConfig):
-    n_samples: int = Field(
-        5000, ge=2, description="data points (rounded down to a multiple of n_classes)"
-    )
-    n_features: int = Field(16, ge=1, le=4096, description="input dimension D")
-    n_classes: int = Field(10, ge=2, le=1000, description="classes C (<= n_features)")
-    noise_std: float = Field(1.0, gt=0, description="std of the isotropic noise around centres")
-    center_scale: float = Field(2.5, gt=0, description="norm of every class centre")
+class Config(ClusterSoftmaxConfig):
     epsilon_values: list[PositiveFloat] = Field(
         default_factory=lambda: list(NOTEBOOK_EPSILONS),
         min_length=1,
         description="target per-step KLs (each > 0)",
     )
-    n_seeds: int = Field(10, ge=1, le=10_000, description="model seeds 0..n_seeds-1 (unless seeds)")
-    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, description="explicit model seeds; overrides n_seeds"
-    )
-    rcond: float = Field(1e-8, ge=0, lt=1, description="relative eigenvalue cutoff of F^+")
-    data_seed: int = Field(42, ge=0, description="seed of the data draw")
-    dtype: Literal["float64", "float32"] = "float64"
     gate_rel_tol: float = Field(1e-7, gt=0, lt=1, description="Gate A: min eig >= -tol * max eig")
     kl_measurement: Literal["exact", "notebook"] = Field(
         "exact",
         description="exact: KL(p_before || p_after); notebook: the notebook's post-step self-KL",
     )
-
-    @model_validator(mode="after")
-    def _classes_fit_features(self) -> Config:
-        if self.n_classes > self.n_features:
-            raise ValueError(
-                f"n_classes ({self.n_classes}) must be <= n_features ({self.n_features}): "
-                "class centres are orthonormal directions"
-            )
-        if self.n_samples < self.n_classes:
-            raise ValueError(
-                f"n_samples ({self.n_samples}) must be >= n_classes ({self.n_classes})"
-            )
-        return self
-
-    @property
-    def seed_list(self) -> list[int]:
-        return list(self.seeds) if self.seeds is not None else list(range(self.n_seeds))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -169,17 +140,8 @@ def relative_advantage(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(config: Config, ctx: RunContext) -> RunResult:
-    dtype = DTYPES[config.dtype]
-    inputs, labels = gaussian_clusters(
-        n_samples=config.n_samples,
-        n_features=config.n_features,
-        n_classes=config.n_classes,
-        noise_std=config.noise_std,
-        center_scale=config.center_scale,
-        seed=config.data_seed,
-        dtype=dtype,
-    )
-    inputs, labels = inputs.to(ctx.device), labels.to(ctx.device)
+    dtype = config.torch_dtype
+    inputs, labels = load_cluster_data(config, ctx.device)
     epsilons = torch.tensor(config.epsilon_values, dtype=dtype, device=ctx.device)
     ctx.log.info(
         "data: %d x %d, %d classes; %d seeds x %d target KLs",

@@ -1,0 +1,203 @@
+"""E3: one NG step is invariant to rescaling the parameter coordinates; SGD is not."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from pydantic import Field
+
+from geomlab.experiments.base import Experiment, RunContext, RunResult
+from geomlab.experiments.softmax_common import (
+    ClusterSoftmaxConfig,
+    PositiveFloat,
+    load_cluster_data,
+)
+from geomlab.geometry import reparam
+from geomlab.geometry.fisher import categorical_kl, softmax_fisher
+from geomlab.geometry.gates import GateResult, finite_gate, psd_gate
+from geomlab.models import softmax_regression as model
+
+Scaling = Literal["two_block", "log_uniform"]
+METHODS = ("sgd", "natgrad")
+
+
+class Config(ClusterSoftmaxConfig):
+    n_seeds: int = Field(3, ge=1, le=10_000, description="model seeds 0..n_seeds-1")
+    kappa_values: list[PositiveFloat] = Field(
+        default_factory=lambda: [1.0, 10.0, 100.0, 1000.0],
+        min_length=1,
+        description="condition numbers of the rescaling (each > 0); compared with kappa = 1",
+    )
+    eta: float = Field(1e-3, gt=0, le=1e3, description="step size in the rescaled coordinates")
+    scalings: list[Scaling] = Field(
+        default_factory=lambda: ["two_block", "log_uniform"],
+        min_length=1,
+        description="two_block: the notebook's family; log_uniform: random per coordinate",
+    )
+    scaling_seed: int = Field(0, ge=0, description="seed of the log_uniform patterns")
+    gate_rel_tol: float = Field(1e-8, gt=0, lt=1, description="Gate A relative tolerance")
+    gate_c_tol: float = Field(1e-5, gt=0, description="Gate C: max |logit difference| at start")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "quick": {"n_samples": 1000, "n_seeds": 2},
+}
+
+RESULT_COLUMNS = [
+    "seed", "scaling", "kappa", "method", "max_diff", "rel_diff", "logit_diff",
+    "logit_diff_raw", "kl_between_steps", "step_norm",
+]  # fmt: skip
+
+
+def scale_vector(
+    scaling: Scaling, kappa: float, config: Config, seed: int, device: torch.device
+) -> torch.Tensor:
+    n_params = config.n_classes * config.n_features
+    if scaling == "two_block":
+        return reparam.two_block_scaling(
+            kappa, config.n_classes, config.n_features, dtype=config.torch_dtype, device=device
+        )
+    pattern = reparam.log_uniform_pattern(n_params, seed=config.scaling_seed * 1_000_003 + seed)
+    return reparam.log_uniform_scaling(kappa, pattern).to(device, config.torch_dtype)
+
+
+def invariance_for_seed(
+    config: Config, seed: int, inputs: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """All (scaling, kappa, method) discrepancies of one seed, plus its gates."""
+    device = inputs.device
+    c, d = config.n_classes, config.n_features
+    weight = model.init_weights(c, d, seed=seed, dtype=config.torch_dtype).to(device)
+    theta = weight.reshape(-1)
+    _, gradient, probs = model.loss_and_gradient(weight, inputs, labels)
+    fisher = softmax_fisher(probs, inputs)
+    gates = [psd_gate(fisher, name="gate_a_fisher_psd", scope=f"seed={seed} F_theta",
+                      rel_tol=config.gate_rel_tol)]  # fmt: skip
+    logits_start = model.logits(weight, inputs)
+    step_args = {"eta": config.eta, "rcond": config.rcond}
+    identity = torch.ones_like(theta)
+    reference = {
+        m: reparam.rescaled_step(gradient, fisher, identity, method=m, **step_args)[0]
+        for m in METHODS
+    }
+    rows = []
+    for scaling in config.scalings:
+        gate_c_worst = 0.0
+        for kappa in config.kappa_values:
+            scale = scale_vector(scaling, kappa, config, seed, device)
+            # Gate C: the same model written in phi = theta / S gives the same logits.
+            phi = theta / scale
+            logits_phi = model.logits((scale * phi).reshape(c, d), inputs)
+            gate_c_worst = max(gate_c_worst, float((logits_phi - logits_start).abs().max()))
+            fisher_phi = reparam.transform_fisher(fisher, scale)
+            gates.append(psd_gate(fisher_phi, name="gate_a_fisher_psd",
+                                  scope=f"seed={seed} {scaling} kappa={kappa:g}",
+                                  rel_tol=config.gate_rel_tol))  # fmt: skip
+            if kappa == 1.0:
+                continue
+            for method in METHODS:
+                delta, _ = reparam.rescaled_step(
+                    gradient, fisher, scale, method=method, **step_args
+                )
+                ref = reference[method]
+                after_ref = model.logits((theta + ref).reshape(c, d), inputs)
+                after = model.logits((theta + delta).reshape(c, d), inputs)
+                rows.append({
+                    "seed": seed, "scaling": scaling, "kappa": kappa, "method": method,
+                    "max_diff": reparam.max_abs_difference(delta, ref),
+                    "rel_diff": float((delta - ref).norm() / ref.norm()),
+                    "logit_diff": reparam.max_abs_difference(
+                        reparam.centred_logit_change(delta, inputs, c),
+                        reparam.centred_logit_change(ref, inputs, c),
+                    ),
+                    "logit_diff_raw": float(((after - logits_start) - (after_ref - logits_start))
+                                            .abs().max()),
+                    "kl_between_steps": float(categorical_kl(after_ref, after)),
+                    "step_norm": float(delta.norm()),
+                })  # fmt: skip
+        passed = gate_c_worst <= config.gate_c_tol
+        gates.append(GateResult(
+            name="gate_c_equivalence", passed=passed, scope=f"seed={seed} {scaling}",
+            message=f"{'PASS' if passed else 'FAIL'}: max |logit difference| at start "
+                    f"{gate_c_worst:.2e} (tolerance {config.gate_c_tol:.0e})",
+            details={"max_logit_diff": gate_c_worst},
+        ))  # fmt: skip
+    return {"rows": rows, "gates": [asdict(g) for g in gates]}
+
+
+def summarize(results: pd.DataFrame, config: Config) -> dict[str, Any]:
+    means = results.groupby(["scaling", "method", "kappa"])[
+        ["max_diff", "logit_diff", "kl_between_steps"]
+    ].mean()
+    summary: dict[str, Any] = {}
+    if "two_block" in config.scalings:
+        block = means.loc["two_block"]
+        for key, method in (("ng_consistency", "natgrad"), ("sgd_degradation", "sgd")):
+            summary[key] = {
+                f"kappa_{k:g}": float(v) for k, v in block.loc[method]["max_diff"].items()
+            }
+    largest = max((k for k in config.kappa_values if k != 1.0), default=None)
+    if largest is not None:
+        for scaling in config.scalings:
+            at = means.loc[scaling].xs(largest, level="kappa")
+            ratio = float(at.loc["sgd", "max_diff"] / at.loc["natgrad", "max_diff"])
+            suffix = "" if scaling == config.scalings[0] else f"_{scaling}"
+            summary[f"ratio_at_{largest:g}{suffix}"] = ratio
+            summary[f"at_kappa_{largest:g}_{scaling}"] = {
+                method: {col: float(at.loc[method, col]) for col in at.columns}
+                for method in METHODS
+            }
+    return summary
+
+
+def run(config: Config, ctx: RunContext) -> RunResult:
+    inputs, labels = load_cluster_data(config, ctx.device)
+    per_seed = [
+        ctx.cached(
+            f"seed_{seed}", lambda seed=seed: invariance_for_seed(config, seed, inputs, labels)
+        )
+        for seed in ctx.progress(config.seed_list, description="E3 seeds")
+    ]
+    results = pd.DataFrame([r for item in per_seed for r in item["rows"]], columns=RESULT_COLUMNS)
+    gates = [GateResult(**g) for item in per_seed for g in item["gates"]]
+    numeric = results[["max_diff", "logit_diff", "kl_between_steps"]].to_numpy()
+    finite = finite_gate({"E3 results": torch.tensor(numeric)}, name="finite_results")
+    ctx.write_csv("E3_results.csv", results)
+    summary = {
+        "experiment": "E3",
+        "config": config.model_dump(mode="json"),
+        "gate_a_pass_rate": _pass_rate(gates, "gate_a_fisher_psd"),
+        "gate_c_pass_rate": _pass_rate(gates, "gate_c_equivalence"),
+        "results_finite": finite.passed,
+        **(summarize(results, config) if len(results) else {}),
+    }
+    ctx.write_json("E3_summary.json", summary)
+    if finite.passed and len(results):
+        from geomlab.plots.e3 import invariance_figure
+
+        ctx.save_figure(invariance_figure(results), "E3_figure")
+    else:
+        ctx.log.error("no finite results to plot: %s", finite.message)
+    headline = {k: v for k, v in summary.items() if k.startswith("ratio_at_")}
+    headline |= {"gate_a_pass_rate": summary["gate_a_pass_rate"],
+                 "gate_c_pass_rate": summary["gate_c_pass_rate"]}  # fmt: skip
+    return RunResult(summary=summary, gates=[*gates, finite], headline=headline)
+
+
+def _pass_rate(gates: list[GateResult], name: str) -> float:
+    chosen = [g.passed for g in gates if g.name == name]
+    return sum(chosen) / len(chosen) if chosen else float("nan")
+
+
+EXPERIMENT = Experiment(
+    name="e3",
+    aliases=("ng-invariance",),
+    description="One NG step is invariant to rescaling parameter coordinates; SGD is not",
+    config_cls=Config,
+    presets=PRESETS,
+    run=run,
+)

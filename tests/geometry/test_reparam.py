@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+from geomlab.geometry import reparam
+from geomlab.geometry.fisher import categorical_kl, softmax_fisher
+from geomlab.models import softmax_regression as sr
+
+
+def _spd(n: int, seed: int) -> torch.Tensor:
+    a = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return a @ a.T / n + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transformed_fisher_equals_diag_s_f_diag_s(seed):
+    fisher = _spd(24, seed)
+    scale = reparam.log_uniform_scaling(100.0, reparam.log_uniform_pattern(24, seed=seed))
+    fast = reparam.transform_fisher(fisher, scale)
+    torch.testing.assert_close(fast, reparam.transform_fisher_reference(fisher, scale),
+                               rtol=1e-14, atol=0)  # fmt: skip
+    assert torch.equal(fast, fast.T)
+
+
+def test_scalings_have_the_requested_condition_number():
+    s = reparam.two_block_scaling(1000.0, 3, 5)
+    assert s.shape == (15,)
+    assert s.max() / s.min() == pytest.approx(1000.0, rel=1e-12)
+    # the same per-feature pattern for every class (the notebook's family)
+    assert torch.equal(s[:5], s[5:10])
+    pattern = reparam.log_uniform_pattern(50, seed=3)
+    assert pattern.min() == -0.5 and pattern.max() == 0.5
+    r = reparam.log_uniform_scaling(1e4, pattern)
+    assert r.max() / r.min() == pytest.approx(1e4, rel=1e-12)
+
+
+def test_ng_step_is_invariant_to_round_off_for_an_invertible_fisher():
+    n = 30
+    fisher = _spd(n, 5)
+    gradient = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    pattern = reparam.log_uniform_pattern(n, seed=7)
+    base, _ = reparam.rescaled_step(gradient, fisher, torch.ones(n, dtype=torch.float64),
+                                    method="natgrad", eta=1e-3, rcond=1e-12)  # fmt: skip
+    sgd_base = -1e-3 * gradient
+    previous_sgd = 0.0
+    for kappa in (10.0, 100.0, 1000.0):
+        scale = reparam.log_uniform_scaling(kappa, pattern)
+        ng, _ = reparam.rescaled_step(gradient, fisher, scale, method="natgrad", eta=1e-3,
+                                      rcond=1e-12)  # fmt: skip
+        assert reparam.max_abs_difference(ng, base) < 1e-10 * base.abs().max()
+        sgd, _ = reparam.rescaled_step(gradient, fisher, scale, method="sgd", eta=1e-3, rcond=0)
+        torch.testing.assert_close(sgd, -1e-3 * scale**2 * gradient, rtol=1e-15, atol=0)
+        discrepancy = reparam.max_abs_difference(sgd, sgd_base)
+        assert discrepancy > previous_sgd  # SGD's discrepancy grows with kappa
+        previous_sgd = discrepancy
+
+
+def test_ng_step_is_function_space_invariant_for_the_singular_softmax_fisher():
+    g = torch.Generator().manual_seed(11)
+    n, c, d = 400, 4, 6
+    inputs = torch.randn(n, d, dtype=torch.float64, generator=g)
+    labels = torch.randint(0, c, (n,), generator=g)
+    weight = 0.3 * torch.randn(c, d, dtype=torch.float64, generator=g)
+    _, gradient, probs = sr.loss_and_gradient(weight, inputs, labels)
+    fisher = softmax_fisher(probs, inputs)
+    theta = weight.reshape(-1)
+    base, _ = reparam.rescaled_step(gradient, fisher, torch.ones_like(theta), method="natgrad",
+                                    eta=1e-2, rcond=1e-8)  # fmt: skip
+    # Per-coordinate scales that differ between classes move the Fisher's null space,
+    # so the parameter-space step changes ...
+    scale = reparam.log_uniform_scaling(1000.0, reparam.log_uniform_pattern(c * d, seed=1))
+    step, _ = reparam.rescaled_step(gradient, fisher, scale, method="natgrad", eta=1e-2,
+                                    rcond=1e-8)  # fmt: skip
+    assert reparam.max_abs_difference(step, base) > 1e-3 * base.abs().max()
+    # ... only along class-uniform shifts, which no prediction sees.
+    centred = reparam.max_abs_difference(
+        reparam.centred_logit_change(step, inputs, c), reparam.centred_logit_change(base, inputs, c)
+    )
+    assert centred < 1e-12
+    after_base = sr.logits((theta + base).reshape(c, d), inputs)
+    after = sr.logits((theta + step).reshape(c, d), inputs)
+    assert abs(float(categorical_kl(after_base, after))) < 1e-15
+    # SGD is not invariant in function space either.
+    sgd, _ = reparam.rescaled_step(gradient, fisher, scale, method="sgd", eta=1e-2, rcond=0)
+    sgd_centred = reparam.max_abs_difference(
+        reparam.centred_logit_change(sgd, inputs, c),
+        reparam.centred_logit_change(-1e-2 * gradient, inputs, c),
+    )
+    assert sgd_centred > 1e-4
+
+
+def test_rescaled_step_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        reparam.rescaled_step(torch.ones(2), torch.eye(2), torch.ones(2), method="adam", eta=1,
+                              rcond=0)  # fmt: skip
+
+
+def test_two_block_scaling_preserves_the_softmax_null_space():
+    c, d = 3, 4
+    s = reparam.two_block_scaling(100.0, c, d)
+    shift = torch.kron(torch.ones(c, dtype=torch.float64), torch.arange(1.0, d + 1).double())
+    rescaled = shift / s
+    # still a class-uniform shift: identical rows
+    rows = rescaled.reshape(c, d)
+    assert torch.equal(rows[0], rows[1]) and math.isfinite(float(rows.sum()))
