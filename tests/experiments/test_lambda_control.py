@@ -174,6 +174,7 @@ def test_config_parsing_and_errors():
     config = experiment.make_config("paper", overrides)
     assert config.conditions == ["baseline", "global", "selective:4,9"]
     assert config.pairs == [(4, 9), (3, 8)]
+    assert experiment.make_config("paper", parse_overrides(["seeds=3"])).seeds == [3]
     paper = experiment.make_config("paper", {})
     assert (paper.reg_scale, paper.epochs, paper.batch_size, paper.label_noise) == (
         200,

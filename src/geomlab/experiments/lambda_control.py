@@ -169,6 +169,11 @@ class Config(ExperimentConfig):
             out.append(canonical)
         return out
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _single_seed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value  # `--set seeds=3`
+
     @field_validator("pairs", mode="before")
     @classmethod
     def _parse_pairs(cls, value: Any) -> Any:

@@ -49,11 +49,16 @@ def lambda_by_pair(models: pd.DataFrame, conditions: list[str], pairs: list[str]
                     np.full(values.size, x + spread * 0.28), values, s=6,
                     color=colors[condition], alpha=0.55, linewidths=0, zorder=2,
                 )  # fmt: skip
+        if not any(models[f"lambda_{pair}"].notna().any() for pair in pairs):
+            ax.text(0.5, 0.5, "λ not estimated: too few boundary points", ha="center",
+                    va="center", transform=ax.transAxes, color="#777777")  # fmt: skip
+            ax.set_yticks([])
         ax.set_xticks(range(len(pairs)), [pair.replace("v", " vs ") for pair in pairs])
         ax.set_xlim(-0.6, len(pairs) - 0.4)
         ax.set(xlabel="Class pair", ylabel=r"$\lambda$ (slope of mean log$|d_n|$)")
         ax.grid(True, axis="y")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.2)
     return fig
 
 
