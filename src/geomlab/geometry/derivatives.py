@@ -192,7 +192,10 @@ def check_piecewise_linear(model: nn.Module, example_inputs: torch.Tensor) -> El
     (dropout masks) of the caller. The model's current train/eval mode is the one checked.
     """
     probe = example_inputs[:1].detach().clone()
-    devices = [probe.device] if probe.device.type == "cuda" else []
+    devices = []
+    if probe.device.type == "cuda":  # fork_rng wants CUDA device indices
+        index = probe.device.index
+        devices = [index if index is not None else torch.cuda.current_device()]
     tracer = _InputDependenceTracer(probe)
     with torch.random.fork_rng(devices=devices), torch.no_grad(), tracer:
         logits = model(probe)
