@@ -282,6 +282,8 @@ def run_experiment(
         headline=result.headline,
         artifacts=sorted(ctx.written),
     )
+    if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
+        manifest["data"] = result.summary["data"]
     # The manifest's final status is written last: it is the completion marker.
     io.write_json(manifest_path, manifest)
     log.info("%s in %.1f s: %s", status, manifest["wall_seconds"], out_dir)
