@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(BIN)/geomlab run e1 --preset paper --out $(DEMO_OUT)/e1 --force
 	$(BIN)/geomlab run e3 --preset paper --out $(DEMO_OUT)/e3 --force
+	$(BIN)/geomlab run lambda-control --preset quick --out $(DEMO_OUT)/lambda-control --force
 	@echo "demo results are in $(DEMO_OUT)/ (inspect one with: $(BIN)/geomlab show $(DEMO_OUT)/e1)"
 
 test: $(STAMP)
@@ -37,6 +38,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fisher.py
+	$(BIN)/python benchmarks/bench_derivatives.py --repeats 3
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

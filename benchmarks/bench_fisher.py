@@ -33,7 +33,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="time the reference on all N rows")
     parser.add_argument("--ref-samples", type=int, default=1_000)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, float64, C={N_CLASSES}")  # fmt: skip
     header = ("N", "D", "P", "reference s", "fast s", "speed-up", "max|diff|")

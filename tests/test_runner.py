@@ -20,7 +20,8 @@ def _toy_run(config: ToyConfig, ctx) -> RunResult:
         raise RuntimeError("boom")
     ctx.write_json("toy_summary.json", calls)
     gate = finite_gate({"value": [config.value]}, name="finite")
-    return RunResult(summary=calls, gates=[gate], headline={"value": config.value})
+    summary = {**calls, "data": {"label_noise": {"fraction": 0.2}}}
+    return RunResult(summary=summary, gates=[gate], headline={"value": config.value})
 
 
 TOY = Experiment("toy", (), "toy", ToyConfig, {"paper": {}}, _toy_run)
@@ -55,6 +56,8 @@ def test_non_finite_result_fails_its_gate(tmp_path):
 def test_artifacts_are_listed_and_readable(tmp_path):
     outcome = _run(ToyConfig(), tmp_path / "ok")
     assert outcome.manifest["artifacts"] == ["toy_summary.json"]
+    manifest = json.loads((tmp_path / "ok" / "manifest.json").read_text())
+    assert manifest["data"] == {"label_noise": {"fraction": 0.2}}  # data records reach it
     mode = (tmp_path / "ok" / "toy_summary.json").stat().st_mode & 0o777
     assert mode & 0o044 == 0o044  # readable by others (not mkstemp's 0600)
     assert not list((tmp_path / "ok").glob(".*.tmp"))

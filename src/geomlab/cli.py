@@ -178,6 +178,187 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
     _print_headline(manifest)
 
 
+@app.command("sweep")
+def sweep(
+    name: Annotated[str, typer.Argument(help="experiment name or alias (see `geomlab list`)")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="config key and its values: key=v1,v2,... (repeatable)"),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="one run per seed: 0-9, 0,3,7 or 0-4,10-12")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="named preset, e.g. paper or quick")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="fixed override for every run: key=value (repeatable)"),
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local (process pool) or dask")] = "local",
+    workers: Annotated[
+        int | None, typer.Option(help="parallel runs (default: cores, GPUs or cluster threads)")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Dask scheduler, e.g. tcp://host:8786 (else LocalCluster)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per run (default: cores // workers)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="sweep directory (default results/NAME/sweep-HASH); rerun to resume"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda (overrides the config's device)")
+    ] = None,
+    allow_gate_failures: Annotated[
+        bool, typer.Option(help="exit 0 even when a run fails a validation gate")
+    ] = False,
+) -> None:
+    """Run an experiment over a grid of config values and seeds; resumable."""
+    from geomlab import sweep as sweeps
+
+    try:
+        overrides = parse_overrides(set_ or [])
+        if device is not None:
+            overrides["device"] = device
+        experiment = experiments.get(name)
+        spec = sweeps.SweepSpec(
+            experiment=experiment.name,
+            preset=preset or experiment.default_preset,
+            overrides=overrides,
+            grid=sweeps.parse_grid(grid or []),
+            seeds=sweeps.parse_seeds(seeds) if seeds is not None else None,
+        )
+        outcome = sweeps.run_sweep(
+            spec, out_dir=out, executor=executor, workers=workers, address=address,
+            threads=threads, console=err_console,
+        )  # fmt: skip
+    except (KeyError, ConfigError, sweeps.SweepError) as error:
+        raise fail(str(error).strip("'\"")) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; rerun the same command to resume", EXIT_RUN_FAILED) from None
+    except Exception as error:  # the driver itself failed; sweep.log has what it got to
+        raise fail(f"sweep failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED) from error
+
+    counts = outcome.counts
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"{len(outcome.runs)} runs ({summary}); {outcome.skipped} were already done")
+    console.print(f"sweep: [bold]{outcome.out_dir}[/] (table: {outcome.out_dir / sweeps.RUNS_CSV})")
+    if counts.get("failed") or counts.get("interrupted"):
+        bad = counts.get("failed", 0) + counts.get("interrupted", 0)
+        raise fail(f"{bad} run(s) did not finish; see runs.csv and sweep.log", EXIT_RUN_FAILED)
+    if counts.get("gates_failed"):
+        message = f"{counts['gates_failed']} run(s) failed a validation gate"
+        if allow_gate_failures:
+            err_console.print(f"[yellow]warning:[/] {message}")
+        else:
+            raise fail(message, EXIT_GATES_FAILED)
+
+
+@app.command("report")
+def report(
+    dirs: Annotated[list[Path], typer.Argument(help="run and/or sweep directories")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="HTML file (default: DIR/report.html for one DIR, else report.html)"),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (tables, gates, figures) for runs and sweeps."""
+    from geomlab import report as reports
+
+    target = out or (dirs[0] / "report.html" if len(dirs) == 1 else Path("report.html"))
+    try:
+        path = reports.write_report(dirs, target)
+    except reports.ReportError as error:
+        raise fail(str(error)) from None
+    console.print(f"report: [bold]{path}[/]")
+
+
+# --- λ control and data (lambda-control experiment) ------------------------------------------
+
+data_app = typer.Typer(help="Datasets: opt-in downloads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    dataset: Annotated[str, typer.Argument(help="dataset name: mnist")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="target root (default $GEOMLAB_DATA or ~/.cache/geomlab)")
+    ] = None,
+    mirror: Annotated[
+        list[str] | None, typer.Option(help="mirror base URL, tried in order (repeatable)")
+    ] = None,
+) -> None:
+    """Download a dataset's files from public mirrors, verifying checksums."""
+    from geomlab.data import mnist
+
+    if dataset.lower() != "mnist":
+        raise fail(f"unknown dataset {dataset!r}; known: mnist")
+    try:
+        paths = mnist.download_mnist(
+            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, log=err_console.print
+        )
+    except mnist.MNISTDataError as error:
+        raise fail(str(error), EXIT_RUN_FAILED) from None
+    console.print(f"MNIST ready in [bold]{paths[0].parent}[/]")
+
+
+@app.command("measure-lambda")
+def measure_lambda(
+    run_dir: Annotated[Path, typer.Argument(help="a finished lambda-control run directory")],
+    more_pairs: Annotated[
+        list[str] | None,
+        typer.Argument(help="further class pairs, e.g. 3,8 5v6", show_default=False),
+    ] = None,
+    pairs: Annotated[
+        list[str] | None,
+        typer.Option(help="class pairs, e.g. --pairs 4,9 3,8 (default: the run's)"),
+    ] = None,
+    prob_range: Annotated[
+        str | None, typer.Option(help="boundary range low,high, e.g. 0.3,0.7")
+    ] = None,
+    max_order: Annotated[int | None, typer.Option(help="n_max of the fit")] = None,
+    directions: Annotated[int | None, typer.Option(help="random directions per point")] = None,
+    max_points: Annotated[int | None, typer.Option()] = None,
+    min_points: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="folder with MNIST IDX files")] = None,
+) -> None:
+    """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
+    from pydantic import ValidationError
+
+    from geomlab.experiments.lambda_control import measure_lambda_from_run
+
+    chosen = [*(pairs or []), *(more_pairs or [])]
+    try:
+        low_high = tuple(float(v) for v in prob_range.split(",")) if prob_range else None
+        table = measure_lambda_from_run(
+            run_dir,
+            pairs=" ".join(chosen) if chosen else None,
+            prob_range=low_high,
+            max_order=max_order,
+            num_directions=directions,
+            max_points=max_points,
+            min_points=min_points,
+            device=device,
+            data_dir=str(data_dir) if data_dir else None,
+            log=err_console.print,
+        )
+    except (FileNotFoundError, ValueError, ValidationError) as error:
+        raise fail(str(error)) from None
+    result = Table(box=None, header_style="bold")
+    for column in ("condition", "seed", "pair", "lambda", "num_points"):
+        result.add_column(column, justify="right" if column != "condition" else "left")
+    for row in table.to_dict("records"):
+        result.add_row(
+            row["condition"], str(row["seed"]), row["pair"], _fmt(row["lambda"]),
+            str(row["num_points"]),
+        )  # fmt: skip
+    console.print(result)
+    console.print(f"written: {run_dir / 'lambda_remeasured.csv'}")
+
+
 def main() -> None:
     app()
 

@@ -194,7 +194,7 @@ def _make_logger(out_dir: Path, console: Console, interactive: bool) -> logging.
 
         logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
     else:
-        stream = logging.StreamHandler(sys.stderr)
+        stream = logging.StreamHandler(console.file)  # the caller's console, not always stderr
         stream.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(stream)
     return logger
@@ -282,6 +282,8 @@ def run_experiment(
         headline=result.headline,
         artifacts=sorted(ctx.written),
     )
+    if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
+        manifest["data"] = result.summary["data"]
     # The manifest's final status is written last: it is the completion marker.
     io.write_json(manifest_path, manifest)
     log.info("%s in %.1f s: %s", status, manifest["wall_seconds"], out_dir)

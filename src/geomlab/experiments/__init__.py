@@ -10,6 +10,7 @@ from geomlab.experiments.base import Experiment
 _MODULES = [
     "geomlab.experiments.e1_pareto",
     "geomlab.experiments.e3_invariance",
+    "geomlab.experiments.lambda_control",
     "geomlab.experiments.alignment",
     "geomlab.experiments.gradient_rank",
 ]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from geomlab.geometry import linalg
+
 
 def softmax_fisher_reference(probs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Reference: explicit per-sample Kronecker products summed in a Python loop."""
@@ -105,7 +107,7 @@ def symmetric_pseudo_inverse(matrix: torch.Tensor, *, rcond: float) -> Symmetric
     """PSD pseudo-inverse: eigenvalues below ``rcond * max eigenvalue`` count as zero."""
     if rcond < 0:
         raise ValueError(f"rcond must be >= 0, got {rcond}")
-    eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    eigenvalues, eigenvectors = linalg.eigh((matrix + matrix.T) / 2)
     cutoff = rcond * float(eigenvalues.abs().max())
     keep = eigenvalues > cutoff
     inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, 1.0), 0.0)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from geomlab.geometry import linalg
+
 
 @dataclass
 class GateResult:
@@ -30,7 +32,7 @@ def psd_gate(
 ) -> GateResult:
     """Gate A: a symmetric matrix is PSD up to ``rel_tol`` times its largest |eigenvalue|."""
     sym = (matrix + matrix.mT) / 2
-    eigenvalues = torch.linalg.eigvalsh(sym)
+    eigenvalues = linalg.eigvalsh(sym)
     return psd_gate_from_eigenvalues(eigenvalues, name=name, scope=scope, rel_tol=rel_tol)
 
 
