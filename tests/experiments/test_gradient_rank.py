@@ -122,3 +122,16 @@ def test_cli_quick_preset_writes_all_outputs(tmp_path):
     bad = CliRunner().invoke(app, ["run", "gradient-rank", "--set", "nus=[-0.1]",
                                    "--out", str(tmp_path / "never")])  # fmt: skip
     assert bad.exit_code == 2 and "nus" in bad.output
+
+
+def test_manifest_records_the_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    out = tmp_path / "run"
+    args = ["run", "gradient-rank", "--set", "d=20", "--set", "k=25", "--set", "n_train=16",
+            "--set", "n_seeds=1", "--set", "nus=[0.25]", "--out", str(out)]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["nus"] == [0.25] and manifest["data"]["label_noise_std"] == 1.0

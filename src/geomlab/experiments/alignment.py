@@ -622,6 +622,22 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         "column_space_angle_bound_deg": spectral.column_space_angle_bound_deg(
             config.k, min(config.k, config.d)
         ),
+        "data": {
+            "kind": "spiked Gaussian, X = X_B + zeta z q^T, single-index teacher",
+            "d": config.d,
+            "n_train": config.n_train,
+            "n_test": config.n_test,
+            "alpha": config.alpha,
+            "label_noise_std": config.label_noise,
+            "spike": {
+                family: {"nu": nu, "zeta": spike_strength(config.n_train, nu)}
+                for family, nu in (
+                    ("relu-vs-sigmoid", config.nu_relu_vs_sigmoid),
+                    ("ntk-vs-mf", config.nu_ntk_vs_mf),
+                )
+                if family in config.families
+            },
+        },
         "runs": int(metrics["run"].nunique()),
         "epochs_total": int(len(metrics)),
         "unconverged_angle_solves": unconverged_angles,

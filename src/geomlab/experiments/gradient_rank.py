@@ -216,7 +216,21 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     ctx.write_csv("gradient_rank.csv", table)
     ctx.write_csv("gradient_rank_by_nu.csv", by_nu)
     verdicts = regime_verdicts(table, config.outlier_ratio)
-    summary = {"regimes": verdicts, "by_nu": by_nu.to_dict("records"), "cases": len(table)}
+    data = {
+        "kind": "spiked Gaussian, X = X_B + zeta z q^T, single-index teacher",
+        "d": config.d,
+        "n_train": config.n_train,
+        "alpha": config.alpha,
+        "label_noise_std": config.label_noise,
+        "teacher": config.teacher,
+        "nus": list(config.nus),
+    }
+    summary = {
+        "regimes": verdicts,
+        "by_nu": by_nu.to_dict("records"),
+        "cases": len(table),
+        "data": data,
+    }
     ctx.write_json("summary.json", summary)
     if finite.passed:
         from geomlab.plots.alignment import gradient_rank_figure
