@@ -127,6 +127,7 @@ def loss_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
             ax.plot(rows["epoch"], rows["train_mse"], color=color)
             ax.plot(rows["epoch"], rows["test_mse"], color=color, linestyle="--")
             _log_y(ax)
+            _symlog_epochs(ax)  # 1000-epoch runs change most in their first tens of epochs
 
         _per_run(groups, flat, draw)
         _finish(fig, groups, flat, ylabel="MSE", style_handles=_styles(["Train", "Test"]))
