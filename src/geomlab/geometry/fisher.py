@@ -37,9 +37,7 @@ def softmax_fisher(probs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """
     n_samples, n_classes = probs.shape
     n_features = inputs.shape[1]
-    output_cov = -_upper_products(probs)
-    output_cov[:, _diagonal_positions(n_classes, probs.device)] += probs
-    packed = output_cov.T @ _upper_products(inputs) / n_samples
+    packed = _packed_output_covariance(probs).T @ _upper_products(inputs) / n_samples
     rows, cols = _fisher_gather_index(n_classes, n_features, probs.device)
     return packed[rows, cols]
 
@@ -50,16 +48,20 @@ def _upper_products(matrix: torch.Tensor) -> torch.Tensor:
     return torch.cat([matrix[:, a : a + 1] * matrix[:, a:] for a in range(k)], dim=1)
 
 
+def _packed_output_covariance(probs: torch.Tensor) -> torch.Tensor:
+    """Packed upper triangles of ``diag(p) - p p^T`` per row: entries ``p_a (delta_ab - p_b)``."""
+    k = probs.shape[1]
+    identity = torch.eye(k, dtype=probs.dtype, device=probs.device)
+    return torch.cat(
+        [probs[:, a : a + 1] * (identity[a, a:] - probs[:, a:]) for a in range(k)], dim=1
+    )
+
+
 def _packed_position(k: int, device: torch.device) -> torch.Tensor:
     """``pos[a, b]``: where the pair (min, max) of (a, b) sits in the packed upper triangle."""
     a = torch.arange(k, device=device)
     low, high = torch.minimum(a[:, None], a[None, :]), torch.maximum(a[:, None], a[None, :])
     return low * k - low * (low - 1) // 2 + (high - low)
-
-
-@functools.lru_cache(maxsize=32)
-def _diagonal_positions(k: int, device: torch.device) -> torch.Tensor:
-    return torch.diagonal(_packed_position(k, device))
 
 
 @functools.lru_cache(maxsize=32)
