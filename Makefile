@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(BIN)/geomlab run e1 --preset paper --out $(DEMO_OUT)/e1 --force
 	$(BIN)/geomlab run e3 --preset paper --out $(DEMO_OUT)/e3 --force
+	$(BIN)/geomlab run alignment --preset quick --out $(DEMO_OUT)/alignment --force
+	$(BIN)/geomlab run gradient-rank --preset quick --out $(DEMO_OUT)/gradient-rank --force
 	$(BIN)/geomlab run lambda-control --preset quick --out $(DEMO_OUT)/lambda-control --force
-	@echo "demo results are in $(DEMO_OUT)/ (inspect one with: $(BIN)/geomlab show $(DEMO_OUT)/e1)"
+	$(BIN)/geomlab report $(DEMO_OUT)/e1 $(DEMO_OUT)/e3 $(DEMO_OUT)/alignment \
+		$(DEMO_OUT)/gradient-rank $(DEMO_OUT)/lambda-control --out $(DEMO_OUT)/report.html
+	@echo "demo results are in $(DEMO_OUT)/ (open $(DEMO_OUT)/report.html, or: $(BIN)/geomlab show $(DEMO_OUT)/e1)"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -38,6 +42,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fisher.py
+	$(BIN)/python benchmarks/bench_spectral.py
 	$(BIN)/python benchmarks/bench_derivatives.py --repeats 3
 
 clean:

@@ -64,5 +64,6 @@ def read_json(path: Path) -> Any:
 
 
 def write_csv(path: Path, frame: Any) -> Path:
-    """Write a pandas DataFrame as CSV (full float precision, no index)."""
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.17g"))
+    """Write a pandas DataFrame as CSV (no index)."""
+    # pandas writes floats with Python's shortest round-trip repr: exact and readable.
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))

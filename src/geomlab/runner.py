@@ -29,6 +29,7 @@ T = TypeVar("T")
 MANIFEST = "manifest.json"
 LOG_FILE = "run.log"
 PARTIAL_DIR = ".partial"
+PROGRESS_LOG_INTERVAL_S = 5.0
 
 
 class RunError(RuntimeError):
@@ -125,9 +126,14 @@ class Context:
                     yield item
                     bar.advance(task)
             return
+        last_line = time.monotonic()
         for index, item in enumerate(iterable, start=1):
             yield item
-            self.log.info("%s: %d/%s done", description or "progress", index, total or "?")
+            now = time.monotonic()
+            # Plain logs stay short: the first, the last, and at most one line per interval.
+            if index in (1, total) or now - last_line >= PROGRESS_LOG_INTERVAL_S:
+                self.log.info("%s: %d/%s done", description or "progress", index, total or "?")
+                last_line = now
 
     def _track(self, path: Path) -> Path:
         name = str(path.relative_to(self.out_dir))
