@@ -60,7 +60,7 @@ def finite_gate(values: dict[str, Any], *, name: str = "finite", scope: str = ""
     """All given tensors/numbers are finite (NaN/inf are reported, never plotted)."""
     bad = []
     for key, value in values.items():
-        t = torch.as_tensor(value)
+        t = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad.append(key)
     passed = not bad
