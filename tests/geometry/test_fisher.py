@@ -132,3 +132,11 @@ def test_measured_kl_tends_to_target_as_epsilon_shrinks():
             previous = error
         errors.append(previous)
     assert max(errors) < 1e-3  # third-order term ~ sqrt(eps)
+
+
+def test_chunked_accumulation_matches_reference(monkeypatch):
+    probs, inputs = _case(101, 4, 5, seed=2)
+    monkeypatch.setattr(fo, "SAMPLE_CHUNK_ELEMENTS", 15 * 7)  # 7 samples per chunk, ragged end
+    reference = fo.softmax_fisher_reference(probs, inputs)
+    torch.testing.assert_close(fo.softmax_fisher(probs, inputs), reference, rtol=0,
+                               atol=1e-13 * reference.abs().max())  # fmt: skip

@@ -14,6 +14,8 @@ import torch
 
 from geomlab.geometry import linalg
 
+SAMPLE_CHUNK_ELEMENTS = 1 << 21  # ~16 MB of float64 per chunk of packed x x^T rows
+
 
 def softmax_fisher_reference(probs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Reference: explicit per-sample Kronecker products summed in a Python loop."""
@@ -37,7 +39,13 @@ def softmax_fisher(probs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """
     n_samples, n_classes = probs.shape
     n_features = inputs.shape[1]
-    packed = _packed_output_covariance(probs).T @ _upper_products(inputs) / n_samples
+    # Samples in chunks: the packed x x^T rows (N x D(D+1)/2) would otherwise dominate memory.
+    chunk = max(1, SAMPLE_CHUNK_ELEMENTS // (n_features * (n_features + 1) // 2))
+    packed = sum(
+        _packed_output_covariance(probs[i : i + chunk]).T @ _upper_products(inputs[i : i + chunk])
+        for i in range(0, n_samples, chunk)
+    )
+    packed = packed / n_samples
     rows, cols = _fisher_gather_index(n_classes, n_features, probs.device)
     return packed[rows, cols]
 
