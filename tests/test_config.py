@@ -25,3 +25,14 @@ def test_parse_overrides_normalises_dashes_and_rejects_malformed():
         parse_overrides(["n_seeds"])
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["=3"])
+
+
+def test_registry_table_agrees_with_every_experiment_module():
+    from geomlab.experiments import REGISTRY, all_experiments, get
+
+    for experiment in all_experiments():
+        module, aliases = REGISTRY[experiment.name]
+        assert tuple(experiment.aliases) == aliases
+        for spelling in (experiment.name, *aliases):
+            assert get(spelling) is experiment
+        assert {"paper", "quick"} <= set(experiment.presets)
