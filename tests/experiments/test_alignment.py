@@ -1,9 +1,6 @@
 import json
-import logging
 import math
-from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -17,52 +14,6 @@ TINY = {
     "d": 24, "k": 30, "n_train": 20, "n_test": 16, "epoch_cap": 4, "top_k": 3,
     "angle_rank": 2, "angle_checkpoints": 3, "dtype": "float64",
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    between two threads make many tiny ops crawl; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class FakeContext:
-    """The RunContext surface, writing plain files (the runner's atomic writes are its own)."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        self.device = torch.device("cpu")
-        self.log = logging.getLogger("test-alignment")
-        self.cache: dict[str, object] = {}
-
-    def progress(self, iterable, *, total=None, description=""):
-        yield from iterable
-
-    def write_csv(self, name, frame):
-        frame.to_csv(self.out_dir / name, index=False)
-        return self.out_dir / name
-
-    def write_json(self, name, obj):
-        (self.out_dir / name).write_text(json.dumps(obj, default=float))
-        return self.out_dir / name
-
-    def save_figure(self, figure, stem):
-        paths = [self.out_dir / f"{stem}.{fmt}" for fmt in ("png", "pdf")]
-        for path in paths:
-            figure.savefig(path, dpi=50)
-        plt.close(figure)
-        return paths
-
-    def cached(self, key, compute):
-        if key not in self.cache:
-            self.cache[key] = json.loads(json.dumps(compute()))
-        return self.cache[key]
-
-    def checkpoint_path(self, key):
-        return self.out_dir / key
 
 
 def test_paper_preset_runs_every_notebook_setting():
@@ -190,9 +141,9 @@ def test_notebook_parameterization_uses_its_outer_weights():
     assert alignment.outer_init_for("ntk-vs-mf", "notebook") == "gaussian"
 
 
-def test_tiny_run_writes_tables_summary_and_figures(tmp_path):
+def test_tiny_run_writes_tables_summary_and_figures(tmp_path, fake_context):
     config = alignment.Config(**TINY)
-    result = alignment.run(config, FakeContext(tmp_path))
+    result = alignment.run(config, fake_context(tmp_path))
     assert result.gates_passed, [g.message for g in result.gates]
     metrics = pd.read_csv(tmp_path / "alignment_metrics.csv")
     head = ["run", "family", "setting", "teacher", "activation", "gamma_scale", "gamma", "lr",
@@ -269,7 +220,7 @@ def test_cli_bad_values_stop_with_the_field_name(tmp_path, args, needle):
     assert not out.exists()
 
 
-def test_notebook_parameterization_runs_with_gamma_squared(tmp_path):
+def test_notebook_parameterization_runs_with_gamma_squared(tmp_path, fake_context):
     setting = {"teacher": "sigmoid", "lr": 2.0, "lr_scale": "sqrt(k)", "gamma_scale": "1/sqrt(k)",
                "epochs": 2}  # fmt: skip
     config = alignment.Config(
@@ -280,7 +231,7 @@ def test_notebook_parameterization_runs_with_gamma_squared(tmp_path):
             "relu_vs_sigmoid_settings": [setting],
         }  # fmt: skip
     )
-    result = alignment.run(config, FakeContext(tmp_path))
+    result = alignment.run(config, fake_context(tmp_path))
     assert result.gates_passed
     metrics = pd.read_csv(tmp_path / "alignment_metrics.csv")
     assert set(metrics["parameterization"]) == {"notebook"} and metrics["run"].nunique() == 2

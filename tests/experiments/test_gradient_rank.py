@@ -1,7 +1,5 @@
 import json
-import logging
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -9,43 +7,6 @@ from pydantic import ValidationError
 
 from geomlab.experiments import gradient_rank
 from geomlab.geometry import spectral
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy 2-core machine OpenMP barriers
-    between two threads make many tiny ops crawl; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class FakeContext:
-    def __init__(self, out_dir):
-        self.out_dir = out_dir
-        self.device = torch.device("cpu")
-        self.log = logging.getLogger("test-gradient-rank")
-
-    def progress(self, iterable, *, total=None, description=""):
-        yield from iterable
-
-    def write_csv(self, name, frame):
-        frame.to_csv(self.out_dir / name, index=False)
-
-    def write_json(self, name, obj):
-        (self.out_dir / name).write_text(json.dumps(obj, default=float))
-
-    def save_figure(self, figure, stem):
-        for fmt in ("png", "pdf"):
-            figure.savefig(self.out_dir / f"{stem}.{fmt}", dpi=50)
-        plt.close(figure)
-
-    def cached(self, key, compute):
-        return compute()
-
-    def checkpoint_path(self, key):
-        return self.out_dir / key
 
 
 def test_rank_row_on_a_planted_rank_two_matrix():
@@ -92,9 +53,9 @@ def test_bad_values_name_the_field():
         assert field in str(info.value)
 
 
-def test_tiny_run_writes_outputs(tmp_path):
+def test_tiny_run_writes_outputs(tmp_path, fake_context):
     config = gradient_rank.Config(d=30, k=40, n_train=24, nus=[0.0, 0.3], n_seeds=2, top_k=4)
-    result = gradient_rank.run(config, FakeContext(tmp_path))
+    result = gradient_rank.run(config, fake_context(tmp_path))
     assert result.gates_passed, [g.message for g in result.gates]
     table = pd.read_csv(tmp_path / "gradient_rank.csv")
     assert len(table) == 4 and {"nu", "seed", "grad_sv_1", "cos_v1_residue"} <= set(table.columns)
