@@ -32,3 +32,21 @@ def test_allclose_gate():
     a = torch.tensor([1.0, 2.0], dtype=torch.float64)
     assert allclose_gate(a, a + 1e-14, name="eq").passed
     assert not allclose_gate(a, a + 1e-3, name="eq").passed
+
+
+def test_finite_gate_counts_none_inf_and_strings_as_non_finite():
+    import numpy as np
+    import pandas as pd
+
+    from geomlab.geometry.gates import finite_columns_gate
+
+    gate = finite_gate({"a": [1.0, None], "b": np.array([math.inf, 1, 2]), "c": 3.0})
+    assert not gate.passed
+    assert gate.details["non_finite"] == "a,b"
+    assert gate.details["non_finite_count"] == 2
+    assert "a (1)" in gate.message and "b (1)" in gate.message
+    frame = pd.DataFrame({"x": [1.0, float("nan")], "y": [1, 2], "label": ["p", "q"]})
+    table = finite_columns_gate(frame)
+    assert not table.passed and table.details["non_finite"] == "x"
+    assert finite_columns_gate(frame, ["y"]).passed
+    assert not finite_gate({"s": "text"}).passed

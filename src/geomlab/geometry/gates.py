@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from geomlab.geometry import linalg
@@ -56,16 +58,49 @@ def psd_gate_from_eigenvalues(
     return GateResult(name=name, passed=passed, message=message, scope=scope, details=details)
 
 
-def finite_gate(values: dict[str, Any], *, name: str = "finite", scope: str = "") -> GateResult:
-    """All given tensors/numbers are finite (NaN/inf are reported, never plotted)."""
-    bad = []
+def _as_float_array(value: Any) -> np.ndarray:
+    """Any tensor / array / number / (nested) sequence as float64; None becomes NaN."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(value, list | tuple):
+        value = [np.nan if v is None else v for v in np.asarray(value, dtype=object).ravel()]
+    elif value is None:
+        value = np.nan
+    try:
+        return np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):  # strings, objects: not numbers, so not finite numbers
+        return np.array([np.nan])
+
+
+def finite_gate(values: Mapping[str, Any], *, name: str = "finite", scope: str = "") -> GateResult:
+    """Every named value is finite: tensors, arrays, numbers, sequences (None counts as
+    non-finite). The one finiteness check of geomlab: NaN/inf are reported, never plotted or
+    averaged; the message names each offending entry and how many values failed."""
+    bad: dict[str, int] = {}
     for key, value in values.items():
-        t = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(key)
+        array = _as_float_array(value)
+        count = int((~np.isfinite(array)).sum())
+        if count:
+            bad[key] = count
     passed = not bad
-    message = "PASS: all finite" if passed else f"FAIL: non-finite values in {', '.join(bad)}"
-    return GateResult(name, passed, message, scope, {"non_finite": ",".join(bad)})
+    listing = ", ".join(f"{key} ({count})" for key, count in bad.items())
+    message = "PASS: all finite" if passed else f"FAIL: non-finite values in {listing}"
+    details = {"non_finite": ",".join(bad), "non_finite_count": sum(bad.values())}
+    return GateResult(name, passed, message, scope, details)
+
+
+def finite_columns_gate(
+    frame: Any,
+    columns: Iterable[str] | None = None,
+    *,
+    name: str = "finite_results",
+    scope: str = "",
+) -> GateResult:
+    """:func:`finite_gate` over the given (default: all numeric) columns of a DataFrame."""
+    if columns is None:
+        columns = [c for c in frame.columns if frame[c].dtype.kind in "fiucb"]
+    return finite_gate({c: frame[c].to_numpy(dtype=object) for c in columns}, name=name,
+                       scope=scope)  # fmt: skip
 
 
 def allclose_gate(
