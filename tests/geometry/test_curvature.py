@@ -106,8 +106,9 @@ def test_fisher_vector_product_refuses_a_vector_of_another_model():
         cv.softmax_regression_fisher_vector_product(probs, inputs, torch.ones(13).double())
 
 
-def test_psd_tolerance_scales_with_dtype_eps_and_keeps_float64_setting():
-    assert cv.psd_tolerance(1e-7, dtype=torch.float64, size=160) == 1e-7
-    assert cv.psd_tolerance(1e-7, dtype=torch.float32, size=160) == pytest.approx(
+def test_psd_tolerance_scales_its_default_with_dtype_eps_and_keeps_explicit_values():
+    assert cv.psd_tolerance(None, dtype=torch.float64, size=160) == 1e-7
+    assert cv.psd_tolerance(None, dtype=torch.float32, size=160) == pytest.approx(
         160 * torch.finfo(torch.float32).eps
     )
+    assert cv.psd_tolerance(1e-300, dtype=torch.float32, size=160) == 1e-300

@@ -31,9 +31,9 @@ class Config(ClusterSoftmaxConfig):
         min_length=1,
         description="target per-step KLs (each > 0)",
     )
-    gate_rel_tol: float = Field(
-        1e-7, gt=0, lt=1,
-        description="Gate A: min eig >= -tol * max eig (raised to P * dtype eps if larger)",
+    gate_rel_tol: float | None = Field(
+        None, gt=0, lt=1,
+        description="Gate A: min eig >= -tol * max eig; none: max(1e-7, P * eps(dtype))",
     )  # fmt: skip
     kl_measurement: KLMeasurement = Field(
         KLMeasurement.EXACT,
@@ -127,7 +127,7 @@ def one_seed(
     pair = kl_matched_steps(weight.to(inputs.device), inputs, labels, epsilons,
                             rcond=config.rcond, kl_measurement=config.kl_measurement)  # fmt: skip
     size = config.n_classes * config.n_features
-    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=dtype, size=size)
+    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=dtype, size=size, default=1e-7)
     gate = psd_gate_from_eigenvalues(
         pair.pseudo_inverse.eigenvalues, name="gate_a_fisher_psd", rel_tol=rel_tol,
         scope=f"seed={seed}",

@@ -40,7 +40,9 @@ class Config(ClusterSoftmaxConfig):
         description="two_block: the notebook's family; log_uniform: random per coordinate",
     )
     scaling_seed: int = Field(0, ge=0, description="seed of the log_uniform patterns")
-    gate_rel_tol: float = Field(1e-8, gt=0, lt=1, description="Gate A relative tolerance")
+    gate_rel_tol: float | None = Field(
+        None, gt=0, lt=1, description="Gate A relative tolerance; none: max(1e-8, P * eps(dtype))"
+    )
     gate_c_tol: float = Field(1e-5, gt=0, description="Gate C: max |logit difference| at start")
 
 
@@ -77,7 +79,9 @@ def invariance_for_seed(
     theta = weight.reshape(-1)
     _, gradient, probs = model.loss_and_gradient(weight, inputs, labels)
     fisher = softmax_regression_fisher(probs, inputs)
-    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype, size=c * d)
+    rel_tol = psd_tolerance(
+        config.gate_rel_tol, dtype=config.torch_dtype, size=c * d, default=1e-8
+    )
     gates = [psd_gate(fisher, name="gate_a_fisher_psd", scope=f"seed={seed} F_theta",
                       rel_tol=rel_tol)]  # fmt: skip
     logits_start = model.logits(weight, inputs)

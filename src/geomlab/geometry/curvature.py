@@ -162,12 +162,19 @@ def softmax_regression_fisher_vector_product(
     return (centred.T @ inputs / inputs.shape[0]).reshape(-1)
 
 
-def psd_tolerance(rel_tol: float, *, dtype: torch.dtype, size: int) -> float:
-    """Relative tolerance of a PSD check on an ``size x size`` matrix computed in ``dtype``:
-    ``max(rel_tol, size * eps(dtype))``, the order of an eigensolver's backward error, so that
+def psd_tolerance(
+    rel_tol: float | None, *, dtype: torch.dtype, size: int, default: float = 1e-7
+) -> float:
+    """Relative tolerance of a PSD check on a ``size x size`` matrix computed in ``dtype``.
+
+    An explicit ``rel_tol`` is used as given. ``None`` means the default scaled to the dtype:
+    ``max(default, size * eps(dtype))``, the order of an eigensolver's backward error, so that
     float32 round-off (eigenvalues of -4e-7 x max at size 160) is not read as indefiniteness,
-    while float64 keeps the configured tolerance."""
-    return max(rel_tol, size * torch.finfo(dtype).eps)
+    while float64 keeps ``default``.
+    """
+    if rel_tol is not None:
+        return rel_tol
+    return max(default, size * torch.finfo(dtype).eps)
 
 
 def _upper_products(matrix: torch.Tensor) -> torch.Tensor:
