@@ -120,8 +120,20 @@ def test_kfac_direction_matches_curvlinops_dense_kfac(eigenvalue_corrected):
     expected = torch.linalg.solve(dense_kfac + damping * torch.eye(operator.dim).double(),
                                   gradient)  # fmt: skip
     solver = "ekfac" if eigenvalue_corrected else "kfac"
-    result = ng.natural_gradient(operator, gradient, solver=solver, damping=damping)
+    result = ng.natural_gradient(operator, gradient, solver=solver, damping=damping,
+                                 kfac_exact_damping=True)  # fmt: skip
     torch.testing.assert_close(result.direction, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_kfac_factored_damping_is_close_to_exact_damping_for_small_damping():
+    model, data, loss = _mlp_classifier()
+    operator = cv.FisherOperator(model, data, loss=loss)
+    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    exact = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2,
+                                kfac_exact_damping=True).direction  # fmt: skip
+    factored = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2).direction
+    cosine = float(exact @ factored / (exact.norm() * factored.norm()))
+    assert 0.9 < cosine < 1 - 1e-8  # a different damping, the same approximation
 
 
 def test_kfac_is_exact_for_one_linear_layer_under_mse():
