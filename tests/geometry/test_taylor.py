@@ -358,3 +358,26 @@ def test_batch_statistics_capture_and_substitute_roundtrip():
     with statistics.substituting():
         again = model(inputs)
     assert torch.allclose(again, expected, rtol=0, atol=1e-12)
+
+
+def test_in_place_activations_are_followed_and_stale_views_refused():
+    class InPlace(nn.Module):
+        def __init__(self, stale: bool) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.stale = nn.Linear(10, 8), nn.Linear(8, 4), stale
+
+        def forward(self, x):
+            h = self.fc1(x.flatten(1))
+            view = h[:, :4]
+            h = nn.functional.relu(h.mul_(2.0).add_(0.1), inplace=True)
+            if self.stale:  # the view's values changed with h: its old series is stale
+                return self.fc2(torch.cat([view, view], dim=1))
+            return self.fc2(nn.functional.gelu(h))
+
+    model, inputs, labels, u = case(InPlace(stale=False), seed=11)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+    stale, inputs, labels, u = case(InPlace(stale=True), seed=11)
+    with pytest.raises(UnsupportedOperation, match="changed in place"):
+        deriv.taylor_directional_derivatives(stale.eval(), inputs, labels, u, max_order=4)

@@ -97,7 +97,21 @@ def _power_series(delta: Coefficients, order: int) -> list[list[torch.Tensor | N
     powers: list[list[torch.Tensor | None]] = [[None] * (order + 1) for _ in range(order + 1)]
     for k in range(1, order + 1):
         powers[1][k] = delta[k - 1] if k <= len(delta) else None
-    for j in range(2, order + 1):
+    for k in range(2, order + 1):  # δ²: each cross term once, doubled (symmetry)
+        term = None
+        for i in range(1, (k + 1) // 2):
+            left, right = powers[1][i], powers[1][k - i]
+            if left is None or right is None:
+                continue
+            product = left * right
+            term = product if term is None else term + product
+        if term is not None:
+            term = term * 2.0
+        if k % 2 == 0 and powers[1][k // 2] is not None:
+            square = powers[1][k // 2] * powers[1][k // 2]
+            term = square if term is None else term + square
+        powers[2][k] = term
+    for j in range(3, order + 1):
         for k in range(j, order + 1):
             term = None
             for i in range(1, k - j + 2):  # δ_i · [t^{k−i}] δ^{j−1}
@@ -146,24 +160,91 @@ def _ode_polynomials(kind: str, order: int) -> tuple[tuple[float, ...], ...]:
 
 
 def _horner(coefficients: Sequence[float], y: torch.Tensor) -> torch.Tensor:
-    result = torch.full_like(y, coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        result = result * y + c
+    """``Σ_i c_i y^i`` by Horner's rule (no op for zero coefficients; one fill if constant)."""
+    coefficients = list(coefficients)
+    while len(coefficients) > 1 and coefficients[-1] == 0:
+        coefficients.pop()
+    if len(coefficients) == 1:
+        return torch.full_like(y, coefficients[0])
+    return _horner_tail(coefficients, y)
+
+
+def _horner_tail(coefficients: list[float], y: torch.Tensor) -> torch.Tensor:
+    result = y * coefficients[-1]
+    for index in range(len(coefficients) - 2, -1, -1):
+        c = coefficients[index]
+        if c != 0:
+            result = result + c
+        if index > 0:
+            result = result * y
     return result
 
 
-def _scaled(derivatives: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [d / math.factorial(j + 1) for j, d in enumerate(derivatives)]
+def evaluate_polynomial(coefficients: Sequence[float], x: torch.Tensor, square: torch.Tensor):
+    """``Σ_i c_i x^i`` using ``square = x²`` when the polynomial is even or odd (half the
+    Horner steps)."""
+    coefficients = list(coefficients)
+    if all(c == 0 for c in coefficients[1::2]):
+        return _horner(coefficients[0::2], square)
+    if all(c == 0 for c in coefficients[0::2]):
+        return x * _horner(coefficients[1::2], square)
+    return _horner(coefficients, x)
+
+
+def _scaled_polynomials(polys, offset: int = 1) -> list[tuple[float, ...]]:
+    """``P_j / j!`` for j = offset, offset + 1, ..."""
+    return [tuple(c / math.factorial(j + offset) for c in p) for j, p in enumerate(polys)]
 
 
 def tanh_taylor(y: torch.Tensor, order: int) -> list[torch.Tensor]:
-    """``f^{(j)}(x)/j!`` for tanh, from ``y = tanh(x)``."""
-    return _scaled([_horner(p, y) for p in _ode_polynomials("tanh", order)])
+    """``f^{(j)}(x)/j!`` for tanh, from ``y = tanh(x)`` (polynomials in y, 1/j! folded in)."""
+    square = y * y
+    polys = _scaled_polynomials(_ode_polynomials("tanh", order))
+    return [evaluate_polynomial(p, y, square) for p in polys]
 
 
 def sigmoid_taylor(s: torch.Tensor, order: int) -> list[torch.Tensor]:
     """``f^{(j)}(x)/j!`` for the logistic sigmoid, from ``s = σ(x)``."""
-    return _scaled([_horner(p, s) for p in _ode_polynomials("sigmoid", order)])
+    return [_horner(p, s) for p in _scaled_polynomials(_ode_polynomials("sigmoid", order))]
+
+
+def silu_taylor(x: torch.Tensor, s: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """``f^{(j)}(x)/j!`` for ``x σ(x)``: ``f^{(j)} = x σ^{(j)} + j σ^{(j−1)}`` (σ^{(0)} = σ)."""
+    sig = [_horner(p, s) for p in _ode_polynomials("sigmoid", order)]  # σ^{(1..order)}
+    lower = [s, *sig[:-1]]  # σ^{(0..order−1)}
+    return [(x * sig[j - 1] + j * lower[j - 1]) / math.factorial(j) for j in range(1, order + 1)]
+
+
+@cache
+def _gelu_polynomials(order: int) -> tuple[tuple[float, ...], ...]:
+    """For j = 2..order: ``Q_j`` with ``f^{(j)}(x)/j! = Q_j(x) e^{−x²/2}`` for ``f = x Φ(x)``;
+    from ``f^{(j)} = x φ^{(j−1)} + j φ^{(j−2)}``, ``φ^{(m)} = (−1)^m He_m φ``."""
+    hermite = [[1.0], [0.0, 1.0]]  # probabilists' He_m, lowest degree first
+    for m in range(1, order):
+        a = [0.0, *hermite[m]]  # x He_m
+        b = [m * c for c in hermite[m - 1]] + [0.0] * (len(a) - len(hermite[m - 1]))
+        hermite.append([ai - bi for ai, bi in zip(a, b, strict=True)])
+    norm = 1 / math.sqrt(2 * math.pi)
+    out = []
+    for j in range(2, order + 1):
+        first = [0.0, *[(-1) ** (j - 1) * c for c in hermite[j - 1]]]  # x φ^{(j−1)} / φ
+        second = [j * (-1) ** (j - 2) * c for c in hermite[j - 2]]
+        second += [0.0] * (len(first) - len(second))
+        scale = norm / math.factorial(j)
+        out.append(tuple(scale * (f + g) for f, g in zip(first, second, strict=True)))
+    return tuple(out)
+
+
+def gelu_erf_taylor(x: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """``f^{(j)}(x)/j!`` for GELU ``x Φ(x)``: ``f' = Φ + x φ``; for j ≥ 2 a polynomial in x times
+    ``e^{−x²/2}`` (:func:`_gelu_polynomials`)."""
+    square = x * x
+    gauss = torch.exp(square * -0.5)
+    cdf = torch.erf(x * (1 / math.sqrt(2))) * 0.5 + 0.5
+    out = [cdf + x * gauss * (1 / math.sqrt(2 * math.pi))]
+    for poly in _gelu_polynomials(order):
+        out.append(evaluate_polynomial(poly, x, square) * gauss)
+    return out
 
 
 def _hermite_prob(m: int, x: torch.Tensor) -> torch.Tensor:
@@ -174,19 +255,6 @@ def _hermite_prob(m: int, x: torch.Tensor) -> torch.Tensor:
     for k in range(1, m):
         previous, current = current, x * current - k * previous
     return current
-
-
-def gelu_erf_taylor(x: torch.Tensor, order: int) -> list[torch.Tensor]:
-    """``f^{(j)}(x)/j!`` for ``x Φ(x)``: f' = Φ + xφ, and for j ≥ 2
-    ``f^{(j)} = x φ^{(j−1)} + j φ^{(j−2)}`` with ``φ^{(m)} = (−1)^m He_m φ``."""
-    phi = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
-    derivatives = [cdf + x * phi]
-    for j in range(2, order + 1):
-        d_phi_1 = (-1) ** (j - 1) * _hermite_prob(j - 1, x) * phi
-        d_phi_2 = (-1) ** (j - 2) * _hermite_prob(j - 2, x) * phi
-        derivatives.append(x * d_phi_1 + j * d_phi_2)
-    return _scaled(derivatives)
 
 
 def power_taylor(x: torch.Tensor, exponent: float, order: int) -> list[torch.Tensor]:
@@ -245,22 +313,37 @@ class TaylorRecorder(TorchDispatchMode):
         super().__init__()
         self.tape: list[_Entry] = []
         self._tracked: dict[int, torch.Tensor] = {id(inputs): inputs}
+        self._versions: dict[int, int] = {id(inputs): inputs._version}
         self._written_storages: set[int] = set()
+        # tensors written in place by the last op: autograd bumps their version counter only
+        # after the op returns, so their versions are read at the next op (or at the end)
+        self._refresh: list[tuple[_Entry, torch.Tensor]] = []
 
     def is_tracked(self, value: object) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self._tracked
 
+    def settle(self) -> None:
+        """Record the versions of tensors the last op wrote in place (call after the pass)."""
+        for entry, tensor in self._refresh:
+            if entry.name not in _PRIMAL_FREE and entry.name not in _BILINEAR:
+                entry.versions.append((tensor, tensor._version))
+            if id(tensor) in self._tracked:
+                self._versions[id(tensor)] = tensor._version
+        self._refresh = []
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.settle()
         leaves = _tensor_leaves((args, kwargs))
         tracked = [t for t in leaves if id(t) in self._tracked]
         name = op_name(func)
+        for tensor in tracked:  # a view of a tensor changed in place since: stale series
+            if tensor._version != self._versions[id(tensor)]:
+                raise UnsupportedOperation(name, "reads a tensor changed in place through an alias")
         if self._written_storages:
             for tensor in leaves:
-                if (
-                    id(tensor) not in self._tracked
-                    and storage_key(tensor) in self._written_storages
-                ):
+                written_before = storage_key(tensor) in self._written_storages
+                if written_before and id(tensor) not in self._tracked:
                     raise UnsupportedOperation(
                         name, "reads memory written in place with input-dependent values"
                     )
@@ -271,25 +354,65 @@ class TaylorRecorder(TorchDispatchMode):
         if name not in RULES:
             raise UnsupportedOperation(name)
         written = written_arguments(func, args, kwargs)
+        if written:
+            self._check_write(name, func, args, written)
+        written_ids = {id(t) for t in written}
+        # the values a rule reads must not change before the replay: constants always, and
+        # input-dependent arguments unless the rule is linear in them
+        primal_free = name in _PRIMAL_FREE or (name in _BILINEAR and len(tracked) == 1)
+        versions = [
+            (t, t._version)
+            for t in leaves
+            if id(t) not in written_ids and not (primal_free and id(t) in self._tracked)
+        ]
+        out = func(*args, **kwargs)
+        for tensor in written:
+            key = storage_key(tensor)
+            if key != 0 and tensor is not out:
+                self._written_storages.add(key)  # e.g. running statistics: never read back
+        outputs = [t for t in _tensor_leaves(out) if id(t) not in written_ids]
+        if name in _READS_OUTPUT:
+            versions += [(t, t._version) for t in outputs]
+        entry = _Entry(func, name, args, kwargs, out, versions)
+        self.tape.append(entry)
+        self._refresh += [(entry, t) for t in written]
+        for tensor in _tensor_leaves(out):
+            self._tracked[id(tensor)] = tensor
+            self._versions[id(tensor)] = tensor._version
+        return out
+
+    def _check_write(self, name: str, func, args, written: list[torch.Tensor]) -> None:
+        """In-place ops are followed only where exact: into a tensor that is not a view, by an
+        op whose rule does not need the overwritten value (batch norm may write its running
+        statistics, which are then never read as input-dependent)."""
         for tensor in written:
             if tensor._base is not None:
                 raise UnsupportedOperation(name, "writes into a view of another tensor")
-        versions = [(t, t._version) for t in leaves]
-        out = func(*args, **kwargs)
-        for tensor in written:
-            if id(tensor) in self._tracked and tensor is not out:
-                raise UnsupportedOperation(name, "writes into a second input-dependent tensor")
-            key = storage_key(tensor)
-            if key != 0:
-                self._written_storages.add(key)
-        self.tape.append(_Entry(func, name, args, kwargs, out, versions))
-        for tensor in _tensor_leaves(out):
-            self._tracked[id(tensor)] = tensor
-            key = storage_key(tensor)
-            if written and key in self._written_storages:
-                # in place: this object now carries the new series; its storage is its own
-                self._written_storages.discard(key)
-        return out
+        if name in _BATCH_NORM_RULES:
+            return
+        if name not in _INPLACE_SAFE or len(written) != 1 or written[0] is not args[0]:
+            raise UnsupportedOperation(name, "in place")
+        if name == "leaky_relu" and not (len(args) > 1 and args[1] > 0) and len(args) > 1:
+            raise UnsupportedOperation(name, "in place with a non-positive slope")
+        if name in ("mul", "div") and (
+            not self.is_tracked(args[0]) or self.is_tracked(args[1] if len(args) > 1 else None)
+        ):
+            raise UnsupportedOperation(name, "in place with an input-dependent factor")
+
+
+_BILINEAR = frozenset({"mul", "div", "mm", "bmm", "matmul", "addmm"})
+_PRIMAL_FREE = frozenset(  # linear rules: they never read an input-dependent primal
+    {*("add", "sub", "copy", "detach", "fill", "zero", "convolution", "_convolution",
+       "constant_pad_nd", "native_dropout")}
+)  # fmt: skip
+# rules that read the op's primal output (so it must not change in place afterwards)
+_READS_OUTPUT = frozenset({"tanh", "sigmoid", "exp", "native_dropout", "max_pool1d_with_indices",
+                           "max_pool2d_with_indices", "max_pool3d_with_indices"})  # fmt: skip
+# in place, the rule reads only the series and post-op values that determine the same result
+_INPLACE_SAFE = frozenset({"relu", "leaky_relu", "hardtanh", "add", "sub", "mul", "div", "copy",
+                           "fill", "zero", "native_dropout"})  # fmt: skip
+_BATCH_NORM_RULES = frozenset({"native_batch_norm", "_native_batch_norm_legit", "cudnn_batch_norm",
+                               "miopen_batch_norm"})  # fmt: skip
 
 
 _VALUE_FREE = frozenset(
@@ -371,12 +494,8 @@ def _structural(ctx: _Context):
     directions at once, through vmap). Tracked args of lower degree count as zero there."""
     leaves, spec = tree_flatten((ctx.entry.args, ctx.entry.kwargs))
     positions = [i for i, v in enumerate(leaves) if ctx.series(v) is not None]
-    degree = max(len(ctx.series(leaves[i])) for i in positions)
-    stacks = []
-    for i in positions:
-        coefficients = list(ctx.series(leaves[i]))
-        coefficients += [torch.zeros_like(coefficients[0])] * (degree - len(coefficients))
-        stacks.append(torch.cat(coefficients, dim=0))  # [degree*K, *shape]
+    series = [ctx.series(leaves[i]) for i in positions]
+    degree = max(len(c) for c in series)
 
     def apply(*batched):
         current = list(leaves)
@@ -385,17 +504,20 @@ def _structural(ctx: _Context):
         args, kwargs = tree_unflatten(current, spec)
         return ctx.entry.func(*args, **kwargs)
 
-    result = torch.func.vmap(apply)(*stacks)
-    return _split_outputs(result, degree)
+    batched_apply = torch.func.vmap(apply)
+    per_order = []
+    for k in range(degree):  # one call per order, the K directions batched by vmap
+        coefficients = [c[k] if k < len(c) else torch.zeros_like(c[0]) for c in series]
+        per_order.append(batched_apply(*coefficients))
+    if isinstance(per_order[0], torch.Tensor):
+        return per_order
+    return [
+        [r[i] for r in per_order] if isinstance(per_order[0][i], torch.Tensor) else None
+        for i in range(len(per_order[0]))
+    ]
 
 
-def _split_outputs(result, degree: int):
-    if isinstance(result, torch.Tensor):
-        return list(result.chunk(degree, dim=0))
-    return [list(r.chunk(degree, dim=0)) if isinstance(r, torch.Tensor) else None for r in result]
-
-
-STRUCTURAL_OPS = (
+STRUCTURAL_OPS = (  # also listed in _PRIMAL_FREE below
     "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "clone",
     "contiguous", "slice", "select", "cat", "stack", "squeeze", "unsqueeze", "flatten",
     "alias", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
@@ -405,11 +527,17 @@ STRUCTURAL_OPS = (
     "_reshape_alias", "lift_fresh",
 )  # fmt: skip
 rule(*STRUCTURAL_OPS)(_structural)
+_PRIMAL_FREE = _PRIMAL_FREE | frozenset(STRUCTURAL_OPS)
 
 
 @rule("detach")
 def _detach(ctx: _Context):
     return None  # as in autograd: no derivative flows through detach
+
+
+@rule("fill", "zero")
+def _constant(ctx: _Context):
+    return None  # overwritten with a constant
 
 
 @rule("copy")
@@ -535,10 +663,9 @@ def _addmm(ctx: _Context):  # beta * bias + alpha * (m1 @ m2)
     if s1 is not None and s2 is not None:
         result = _bilinear_cauchy(torch.mm, m1, s1, m2, s2, ctx.order)
     elif s1 is not None:
-        stacked = torch.cat(s1, dim=0)  # [d*K, B, in]
-        result = list((stacked @ m2).chunk(len(s1), dim=0))
+        result = [c @ m2 for c in s1]  # [K, B, in] @ [in, out]
     else:
-        result = list(torch.func.vmap(lambda c: m1 @ c)(torch.cat(s2, dim=0)).chunk(len(s2)))
+        result = [torch.func.vmap(lambda c: m1 @ c)(c) for c in s2]
     return [alpha * c for c in result] if alpha != 1 else result
 
 
@@ -712,9 +839,7 @@ def _padded(coefficients: Coefficients, length: int) -> Coefficients:
 def _silu(ctx: _Context):
     x = ctx.arg(0)
     delta = [_lift(c, x.dim() + 1) for c in ctx.series(x)]
-    s = torch.sigmoid(x)
-    sig = compose(sigmoid_taylor(s, ctx.order), delta, ctx.order)
-    return series_mul(x, delta, s, sig, ctx.order)
+    return compose(silu_taylor(x, torch.sigmoid(x), ctx.order), delta, ctx.order)
 
 
 @rule("softplus")
@@ -838,6 +963,7 @@ def taylor_forward(
     recorder = TaylorRecorder(x)
     with recorder:
         outputs = model(x)
+    recorder.settle()
     if not isinstance(outputs, torch.Tensor):
         raise UnsupportedOperation("model output", "the model must return one tensor")
     table = replay(recorder, x, directions, max_order)
