@@ -381,3 +381,25 @@ def test_in_place_activations_are_followed_and_stale_views_refused():
     stale, inputs, labels, u = case(InPlace(stale=True), seed=11)
     with pytest.raises(UnsupportedOperation, match="changed in place"):
         deriv.taylor_directional_derivatives(stale.eval(), inputs, labels, u, max_order=4)
+
+
+def test_measure_lambda_by_taylor_mode_equals_nested():
+    model, _, _, _ = case(mlp(nn.GELU(), classes=5), seed=12)
+    inputs = torch.randn(30, 1, 10, dtype=torch.float64)
+    labels = torch.randint(0, 5, (30,))
+    kwargs = dict(classes=(1, 2), max_order=4, num_directions=2, prob_range=(0.0, 1.0),
+                  max_points=10, min_points=3, batch_size=4)  # fmt: skip
+    fast, nested = (
+        deriv.measure_lambda(
+            model,
+            inputs,
+            labels,
+            method=method,
+            generator=torch.Generator().manual_seed(1),
+            **kwargs,
+        )  # fmt: skip
+        for method in ("fast", "nested")
+    )
+    assert (fast.method, nested.method) == ("fast", "nested")
+    assert fast.num_points == nested.num_points > 3
+    assert abs(fast.slope - nested.slope) <= 1e-10 * abs(nested.slope)

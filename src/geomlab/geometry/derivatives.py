@@ -374,18 +374,50 @@ def directional_derivatives(
     return DirectionalDerivatives(values, "nested")
 
 
-def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
-    """``"fast"`` or ``"nested"`` for this model (in its current mode): fast when it is
-    piecewise linear or every op has a Taylor-mode rule; ``"fast"`` on a model with an op
-    without a rule is an error naming the op. Check once, then call the paths directly."""
+def resolve_path(
+    model: nn.Module, example_inputs: torch.Tensor, method: Method
+) -> Literal["linear", "taylor", "nested"]:
+    """The path ``method`` means for this model (in its current mode): ``"linear"`` (cumulants)
+    or ``"taylor"`` for ``fast``/``auto`` when exact, ``"nested"`` otherwise; ``"fast"`` on a
+    model with an op without a rule is an error naming the op."""
+    if method not in ("auto", "fast", "nested"):
+        raise ValueError(f"method must be 'auto', 'fast' or 'nested', got {method!r}")
     if method == "nested":
         return "nested"
     choice = choose_fast_path(model, example_inputs)
     if not isinstance(choice, Eligibility):
-        return "fast"
+        return choice
     if method == "fast":
         raise ValueError(f"the fast derivative path is not exact here: {choice.reason}")
     return "nested"
+
+
+def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
+    """``"fast"`` or ``"nested"`` for this model (in its current mode): fast when it is
+    piecewise linear or every op has a Taylor-mode rule; ``"fast"`` on a model with an op
+    without a rule is an error naming the op. Check once, then call the paths directly."""
+    return "nested" if resolve_path(model, example_inputs, method) == "nested" else "fast"
+
+
+def derivatives_by_path(
+    path: Literal["linear", "taylor", "nested"],
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    directions: torch.Tensor,
+    *,
+    max_order: int,
+) -> torch.Tensor:
+    """``d`` ``[max_order, K, B]`` (no graph) by a path chosen with :func:`resolve_path`."""
+    if path == "nested":
+        return nested_directional_derivatives(
+            model, inputs, labels, directions, max_order=max_order
+        )
+    with torch.no_grad():
+        values, _ = fast_directional_derivatives(
+            model, inputs, labels, directions, max_order=max_order, path=path
+        )
+    return values
 
 
 @dataclass
@@ -622,16 +654,14 @@ def measure_lambda(
         if num_points < min_points:
             return LambdaMeasurement(tuple(classes), num_points, None, method)
         chunks = []
-        used = method
+        path = resolve_path(model, inputs[chosen], method)  # checked once, not per batch
         for batch in chosen.split(batch_size):
             x, y = inputs[batch], labels[batch]
             directions = sample_unit_directions(num_directions, x, generator=generator)
-            result = directional_derivatives(
-                model, x, y, directions, max_order=max_order, method=method
-            )
-            used = result.method
-            chunks.append(result.values.reshape(max_order, -1))
+            values = derivatives_by_path(path, model, x, y, directions, max_order=max_order)
+            chunks.append(values.reshape(max_order, -1))
         fit = fit_lambda(mean_log_abs(torch.cat(chunks, dim=1)))
+        used = "nested" if path == "nested" else "fast"
         return LambdaMeasurement(tuple(classes), num_points, fit, used)
     finally:
         model.train(was_training)
