@@ -403,3 +403,15 @@ def test_measure_lambda_by_taylor_mode_equals_nested():
     assert (fast.method, nested.method) == ("fast", "nested")
     assert fast.num_points == nested.num_points > 3
     assert abs(fast.slope - nested.slope) <= 1e-10 * abs(nested.slope)
+
+
+def test_nested_reference_is_right_for_layer_norm_from_order_three():
+    # torch's fused layer norm gives wrong 3rd+ nested derivatives (pytorch/pytorch#175754);
+    # the reference computes it from primitives, so it agrees with an explicit twin
+    model, inputs, labels, u = case(LayerNormNet(), seed=13)
+    model.eval()
+    nested = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    twin = deriv.nested_directional_derivatives(
+        reference_for(model), inputs, labels, u, max_order=4
+    )
+    assert_close(nested, twin, tol=1e-12)

@@ -100,6 +100,32 @@ def normalize(inputs, mean, var, weight, bias, eps: float) -> torch.Tensor:
     return out
 
 
+class PrimitiveLayerNorm(TorchFunctionMode):
+    """``F.layer_norm`` computed from mean, variance and rsqrt (differentiable to every order).
+
+    torch's fused layer norm hands its double backward saved statistics without autograd
+    history, so nested autograd gives wrong derivatives from order 3 on (pytorch/pytorch#175754).
+    The nested reference runs under this mode so that its numbers stay right."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.layer_norm:
+            return func(*args, **kwargs)
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        bound = dict(zip(names, args, strict=False))
+        bound.update(kwargs)
+        x = bound["input"]
+        dims = tuple(range(x.dim() - len(bound["normalized_shape"]), x.dim()))
+        centered = x - x.mean(dim=dims, keepdim=True)
+        variance = (centered * centered).mean(dim=dims, keepdim=True)
+        out = centered * torch.rsqrt(variance + bound.get("eps", 1e-5))
+        if bound.get("weight") is not None:
+            out = out * bound["weight"]
+        if bound.get("bias") is not None:
+            out = out + bound["bias"]
+        return out
+
+
 def _bind_batch_norm(args, kwargs) -> dict:
     bound = dict(_BATCH_NORM_DEFAULTS)
     bound.update(zip(_BATCH_NORM_ARGS, args, strict=False))

@@ -35,6 +35,7 @@ from torch import nn
 
 from geomlab.geometry.batch_statistics import (
     BatchStatistics,
+    PrimitiveLayerNorm,
     has_training_modules,
     isolated_buffers,
 )
@@ -98,7 +99,8 @@ def nested_directional_derivatives(
     (so in train mode each gets its own dropout mask, as in the notebook). Returns
     ``[max_order, K, B]``. With ``create_graph`` the result is differentiable in the parameters.
 
-    BatchNorm (see :mod:`geomlab.geometry.batch_statistics`): the passes never change the
+    LayerNorm runs from its primitives (torch's fused op is wrong from order 3 on under nested
+    autograd). BatchNorm (see :mod:`geomlab.geometry.batch_statistics`): the passes never change the
     model's buffers, and train-mode batch statistics are held constant along the direction:
     those captured in ``batch_statistics`` (e.g. from the training step's own forward pass) or,
     if None and some submodule is in train mode, from one extra pass on ``inputs`` (under a
@@ -110,7 +112,12 @@ def nested_directional_derivatives(
     per_direction = []
     for direction in directions:
         x = inputs.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), isolated_buffers(model), _substituted(batch_statistics):
+        with (
+            torch.enable_grad(),
+            isolated_buffers(model),
+            _substituted(batch_statistics),
+            PrimitiveLayerNorm(),
+        ):
             scalar = _summed_loss(model(x), labels, loss)
             orders = []
             for n in range(1, max_order + 1):
