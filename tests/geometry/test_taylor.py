@@ -415,3 +415,23 @@ def test_nested_reference_is_right_for_layer_norm_from_order_three():
         reference_for(model), inputs, labels, u, max_order=4
     )
     assert_close(nested, twin, tol=1e-12)
+
+
+def test_attention_like_model_with_softmax_log_softmax_rsub_and_where():
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(2, 3), nn.Linear(2, 3), nn.Linear(2, 3)
+            self.out = nn.Linear(15, 4)
+
+        def forward(self, x):
+            tokens = x.reshape(x.shape[0], 5, 2)
+            scores = self.q(tokens) @ self.k(tokens).transpose(1, 2) / 3**0.5
+            mixed = torch.softmax(scores, dim=-1) @ self.v(tokens)
+            gated = torch.where(mixed > 0, mixed, 1 - torch.sigmoid(mixed))
+            return torch.log_softmax(self.out(gated.flatten(1)), dim=1)
+
+    model, inputs, labels, u = case(Attention(), seed=14)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)

@@ -1,23 +1,28 @@
-"""Directional input derivatives of the cross-entropy loss, and λ estimated from them.
+"""Directional input derivatives of the loss, and λ estimated from them.
 
 For an input x, label y and unit direction u, ``d_n = dⁿ/dtⁿ CE(f(x + t u), y)`` at t = 0.
 
-Two implementations of the same numbers:
+Three implementations of the same numbers (docs/derivatives.md):
 
 * :func:`nested_directional_derivatives` — the reference. Repeated reverse-mode autograd with
   respect to the input (``d_{n+1} = ∇_x d_n · u``), one forward pass per direction. Works for any
   differentiable model; costs one extra backward graph per order.
-* :func:`fast_directional_derivatives` — exact for networks that are piecewise linear in their
-  input (convolution, linear, ReLU, max-pool, dropout with a mask fixed during the pass, affine
-  eval-mode batch norm). Near x the logits move on a line, ``z(x + t u) = z + t v`` with
-  ``v = J u``, so the derivatives are those of ``t ↦ CE(z + t v, y)``: ``E_p[v] − v_y`` for
-  n = 1 and the n-th cumulant of ``v_C`` with ``C ~ softmax(z)`` for n ≥ 2. One forward-mode
-  pass (all directions batched, the primal computed once) gives every order, and reverse mode
-  through it gives parameter gradients.
+* the cumulant path of :func:`fast_directional_derivatives` — exact for networks that are
+  piecewise linear in their input (convolution, linear, ReLU, max-pool, dropout with a mask fixed
+  during the pass, affine eval-mode batch norm). Near x the logits move on a line,
+  ``z(x + t u) = z + t v`` with ``v = J u``, so the derivatives are those of
+  ``t ↦ CE(z + t v, y)``: ``E_p[v] − v_y`` for n = 1 and the n-th cumulant of ``v_C`` with
+  ``C ~ softmax(z)`` for n ≥ 2. One forward-mode pass (all directions batched, the primal
+  computed once) gives every order, and reverse mode through it gives parameter gradients.
+* :func:`taylor_directional_derivatives` — Taylor mode (:mod:`geomlab.geometry.taylor`): the
+  truncated Taylor polynomials of every activation along all directions in one pass, exact for
+  any model made of ops with a rule (smooth activations, normalization layers, products, …).
 
-:func:`check_piecewise_linear` decides whether the fast path is exact for a model by tracing the
-aten ops of one forward pass and following which tensors depend on the input;
-:func:`directional_derivatives` uses the fast path only when that check passes.
+``method="fast"`` means the cumulant path when :func:`check_piecewise_linear` passes, else
+Taylor mode; it raises naming an op without a Taylor rule, and ``"auto"`` falls back to the
+reference only then. BatchNorm: the penalty's passes never change running statistics and hold
+train-mode batch statistics constant along the direction
+(:mod:`geomlab.geometry.batch_statistics`).
 """
 
 from __future__ import annotations
@@ -446,7 +451,7 @@ def class_selective_loss(
     scale: float,
     max_order: int,
     num_directions: int,
-    method: Literal["fast", "nested"],
+    method: Literal["fast", "nested", "linear", "taylor"],
     generator: torch.Generator | None = None,
 ) -> PenalizedLoss:
     """The notebook's training loss: mean cross-entropy on the batch plus
@@ -457,6 +462,11 @@ def class_selective_loss(
     penalty is computed in train mode (the notebook forces it). With the fast path and every
     sample penalized, one forward pass serves both terms (shared dropout mask); otherwise the
     cross-entropy has its own forward pass.
+
+    ``method``: ``"fast"`` picks the cumulant or Taylor path per call (a two-sample trace);
+    ``"linear"`` / ``"taylor"`` (from :func:`resolve_path`) skip that check. BatchNorm: the
+    penalty's passes never update running statistics, and train-mode batch statistics are
+    those of the step's forward, held constant along the directions (docs/derivatives.md).
     """
     zero = inputs.new_zeros(())
     if (target_classes is not None and len(target_classes) == 0) or scale == 0:
@@ -482,6 +492,10 @@ def class_selective_loss(
             fast_kwargs["path"] = (
                 "linear" if check_piecewise_linear(model, x).eligible else "taylor"
             )
+        elif method in ("linear", "taylor"):
+            fast_kwargs["path"], method = method, "fast"
+        elif method != "nested":
+            raise ValueError(f"method must be fast, nested, linear or taylor, got {method!r}")
         if method == "fast" and selected is None:
             # one forward pass is both the step's forward (its buffer updates are the step's
             # own) and the penalty's

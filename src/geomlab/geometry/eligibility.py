@@ -42,6 +42,13 @@ _VALUE_FREE_OPS = frozenset(
         "is_same_size",
     }
 )
+# Piecewise constant in x (zero derivative almost everywhere, as autograd has it): outputs are
+# constants for the derivative engine.
+PIECEWISE_CONSTANT_OPS = frozenset(
+    {"gt", "lt", "ge", "le", "eq", "ne", "sign", "argmax", "argmin", "isnan", "isinf",
+     "isfinite", "floor", "ceil", "round", "trunc", "logical_and", "logical_or", "logical_not",
+     "bitwise_and", "bitwise_or", "bitwise_not"}
+)  # fmt: skip
 # Affine in their input-dependent arguments jointly (any number of them may depend on x).
 _AFFINE_OPS = frozenset(
     {
@@ -200,7 +207,7 @@ class _InputDependenceTracer(TorchDispatchMode):
         if not depends:
             return outputs
         name = op_name(func)
-        if name in _VALUE_FREE_OPS:
+        if name in _VALUE_FREE_OPS or name in PIECEWISE_CONSTANT_OPS:
             return outputs
         if name in _BILINEAR_OPS:
             positions = _BILINEAR_OPS[name]

@@ -47,7 +47,12 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from geomlab.geometry.eligibility import op_name, storage_key, written_arguments
+from geomlab.geometry.eligibility import (
+    PIECEWISE_CONSTANT_OPS,
+    op_name,
+    storage_key,
+    written_arguments,
+)
 
 Loss = Literal["cross_entropy", "mse"]
 Coefficients = list[torch.Tensor]  # [h_1, ..., h_d], each [K, *h₀.shape]; d ≤ max order
@@ -72,6 +77,21 @@ POISON = _Poison()
 # --- series algebra ------------------------------------------------------------------------
 
 
+def _accumulate(term, a, b, value: float = 1.0):
+    """``term + value · a · b`` in one kernel where possible (``term`` None: a fresh product);
+    ``a`` may be a Python number."""
+    if not isinstance(a, torch.Tensor):
+        a, b = b, a
+    if not isinstance(b, torch.Tensor):
+        if term is None:
+            return a * (b * value)
+        return torch.add(term, a, alpha=b * value)
+    if term is None:
+        product = a * b
+        return product if value == 1.0 else product * value
+    return torch.addcmul(term, a, b, value=value)
+
+
 def series_mul(a0, a: Coefficients | None, b0, b: Coefficients | None, order: int):
     """Coefficients 1..order of ``a(t) b(t)`` (Cauchy product); ``a0``, ``b0`` the primals."""
     if not a and not b:
@@ -85,8 +105,7 @@ def series_mul(a0, a: Coefficients | None, b0, b: Coefficients | None, order: in
             right = b0 if k - i == 0 else (b[k - i - 1] if k - i <= len(b) else None)
             if left is None or right is None:
                 continue
-            product = left * right
-            term = product if term is None else term + product
+            term = _accumulate(term, left, right)
         out.append(term)
     return out
 
@@ -99,17 +118,13 @@ def _power_series(delta: Coefficients, order: int) -> list[list[torch.Tensor | N
         powers[1][k] = delta[k - 1] if k <= len(delta) else None
     for k in range(2, order + 1):  # δ²: each cross term once, doubled (symmetry)
         term = None
+        if k % 2 == 0 and powers[1][k // 2] is not None:
+            term = powers[1][k // 2] * powers[1][k // 2]
         for i in range(1, (k + 1) // 2):
             left, right = powers[1][i], powers[1][k - i]
             if left is None or right is None:
                 continue
-            product = left * right
-            term = product if term is None else term + product
-        if term is not None:
-            term = term * 2.0
-        if k % 2 == 0 and powers[1][k // 2] is not None:
-            square = powers[1][k // 2] * powers[1][k // 2]
-            term = square if term is None else term + square
+            term = _accumulate(term, left, right, 2.0)
         powers[2][k] = term
     for j in range(3, order + 1):
         for k in range(j, order + 1):
@@ -119,8 +134,7 @@ def _power_series(delta: Coefficients, order: int) -> list[list[torch.Tensor | N
                 right = powers[j - 1][k - i]
                 if left is None or right is None:
                     continue
-                product = left * right
-                term = product if term is None else term + product
+                term = _accumulate(term, left, right)
             powers[j][k] = term
     return powers
 
@@ -135,8 +149,7 @@ def compose(taylor: Sequence[torch.Tensor], delta: Coefficients, order: int) -> 
         for j in range(1, k + 1):
             if powers[j][k] is None:
                 continue
-            product = taylor[j - 1] * powers[j][k]
-            term = product if term is None else term + product
+            term = _accumulate(term, powers[j][k], taylor[j - 1])
         out.append(term if term is not None else torch.zeros_like(delta[0]))
     return out
 
@@ -349,7 +362,9 @@ class TaylorRecorder(TorchDispatchMode):
                     )
         if not tracked:
             return func(*args, **kwargs)
-        if name in _VALUE_FREE:
+        if name in _VALUE_FREE or (
+            name in PIECEWISE_CONSTANT_OPS and not written_arguments(func, args, kwargs)
+        ):
             return func(*args, **kwargs)
         if name not in RULES:
             raise UnsupportedOperation(name)
@@ -359,7 +374,11 @@ class TaylorRecorder(TorchDispatchMode):
         written_ids = {id(t) for t in written}
         # the values a rule reads must not change before the replay: constants always, and
         # input-dependent arguments unless the rule is linear in them
-        primal_free = name in _PRIMAL_FREE or (name in _BILINEAR and len(tracked) == 1)
+        primal_free = name in _PRIMAL_FREE or (
+            name in _BILINEAR
+            and len(tracked) == 1
+            and not (name == "div" and len(args) > 1 and self.is_tracked(args[1]))
+        )
         versions = [
             (t, t._version)
             for t in leaves
@@ -535,9 +554,9 @@ def _detach(ctx: _Context):
     return None  # as in autograd: no derivative flows through detach
 
 
-@rule("fill", "zero")
+@rule("fill", "zero", *PIECEWISE_CONSTANT_OPS)
 def _constant(ctx: _Context):
-    return None  # overwritten with a constant
+    return None  # overwritten with a constant, or piecewise constant in x
 
 
 @rule("copy")
@@ -607,6 +626,67 @@ def _mul(ctx: _Context):
 
 def _reciprocal_series(x0: torch.Tensor, sx: Coefficients, order: int, ndim: int):
     return compose(power_taylor(x0, -1.0, order), [_lift(c, ndim) for c in sx], order)
+
+
+@rule("rsub")
+def _rsub(ctx: _Context):  # other − alpha · self
+    a, b, alpha = ctx.arg(0), ctx.arg(1), ctx.arg(2, "alpha", 1)
+    sa, sb = ctx.series(a), ctx.series(b)
+    out = []
+    for k in range(max(len(sa or []), len(sb or []))):
+        term = -alpha * sa[k] if sa and k < len(sa) else None
+        if sb and k < len(sb):
+            term = sb[k] if term is None else _broadcast_add(term, sb[k])
+        out.append(_expand_to(term, ctx.out))
+    return out
+
+
+@rule("where")
+def _where(ctx: _Context):  # where(condition, self, other)
+    condition, a, b = ctx.arg(0), ctx.arg(1), ctx.arg(2)
+    if ctx.series(condition) is not None:
+        raise UnsupportedOperation("where", "input-dependent condition tensor")
+    sa, sb = ctx.series(a), ctx.series(b)
+    out = []
+    for k in range(max(len(sa or []), len(sb or []))):
+        left = sa[k] if sa and k < len(sa) else None
+        right = sb[k] if sb and k < len(sb) else None
+        like = left if left is not None else right
+        left = left if left is not None else torch.zeros_like(like)
+        right = right if right is not None else torch.zeros_like(like)
+        ndim = ctx.out.dim() + 1
+        out.append(_expand_to(torch.where(condition, _lift(left, ndim), _lift(right, ndim)),
+                              ctx.out))  # fmt: skip
+    return out
+
+
+def _log_normalizer(ctx: _Context, probs: torch.Tensor):
+    """``δ`` and the series of ``log E_p[exp δ]`` along the softmax dim (kept)."""
+    x, dim = ctx.arg(0), ctx.arg(1)
+    delta = [_lift(c, x.dim() + 1) for c in ctx.series(x)]
+    coefficient_dim = dim if dim < 0 else dim + 1
+    exp_delta = compose([1.0 / math.factorial(j) for j in range(1, ctx.order + 1)], delta,
+                        ctx.order)  # fmt: skip
+    moments = [(probs * e).sum(dim=coefficient_dim, keepdim=True) for e in exp_delta]
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return delta, compose(log_taylor(one, ctx.order), moments, ctx.order)
+
+
+@rule("_log_softmax")
+def _log_softmax(ctx: _Context):  # log_softmax(x)(t) = log p + δ − log E_p[exp δ]
+    probs = torch.softmax(ctx.arg(0), dim=ctx.arg(1))
+    delta, log_m = _log_normalizer(ctx, probs)
+    return [d - m for d, m in zip(_padded(delta, ctx.order), log_m, strict=True)]
+
+
+@rule("_softmax")
+def _softmax(ctx: _Context):  # softmax(x)(t) = p · exp(δ − log E_p[exp δ])
+    probs = torch.softmax(ctx.arg(0), dim=ctx.arg(1))
+    delta, log_m = _log_normalizer(ctx, probs)
+    shift = [d - m for d, m in zip(_padded(delta, ctx.order), log_m, strict=True)]
+    exp_shift = compose([1.0 / math.factorial(j) for j in range(1, ctx.order + 1)], shift,
+                        ctx.order)  # fmt: skip
+    return [probs * e for e in exp_shift]
 
 
 @rule("div")
