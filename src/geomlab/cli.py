@@ -324,6 +324,10 @@ def measure_lambda(
     min_points: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="folder with MNIST IDX files")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="run directory of the measurement (default RUN_DIR/measure-lambda/HASH)"),
+    ] = None,
 ) -> None:
     """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
     from pydantic import ValidationError
@@ -343,10 +347,12 @@ def measure_lambda(
             min_points=min_points,
             device=device,
             data_dir=str(data_dir) if data_dir else None,
-            log=err_console.print,
+            out_dir=out,
         )
     except (FileNotFoundError, ValueError, ValidationError) as error:
         raise fail(str(error)) from None
+    except RunError as error:
+        raise fail(str(error), EXIT_RUN_FAILED) from None
     result = Table(box=None, header_style="bold")
     for column in ("condition", "seed", "pair", "lambda", "num_points"):
         result.add_column(column, justify="right" if column != "condition" else "left")
@@ -356,7 +362,7 @@ def measure_lambda(
             str(row["num_points"]),
         )  # fmt: skip
     console.print(result)
-    console.print(f"written: {run_dir / 'lambda_remeasured.csv'}")
+    console.print(f"written: {Path(table.attrs['out_dir']) / 'lambda_remeasured.csv'}")
 
 
 def main() -> None:

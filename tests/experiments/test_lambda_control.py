@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from geomlab import stats
 from geomlab.cli import app
 from geomlab.config import ConfigError, parse_overrides
 from geomlab.data import mnist
 from geomlab.experiments import get
 from geomlab.experiments import lambda_control as lc
+from geomlab.experiments.lambda_control.types import Condition
 from geomlab.runner import run_experiment
 
 TINY = {
@@ -127,7 +129,7 @@ def test_resume_does_not_retrain_and_gives_identical_tables(tiny_run, monkeypatc
     def refuse(*args, **kwargs):
         raise AssertionError("a finished model was retrained")
 
-    monkeypatch.setattr(lc, "train_model", refuse)
+    monkeypatch.setattr(lc.experiment, "train_model", refuse)
     again = run_experiment(
         get("lambda-control"), config, preset="quick", out_dir=outcome.out_dir, force=True,
         interactive=False,
@@ -147,23 +149,49 @@ def test_measure_lambda_from_run_reproduces_and_extends(tiny_run):
     same = table[table["pair"] == "4v9"].set_index(["condition", "seed"])
     for key, row in same.iterrows():
         assert math.isclose(row["lambda"], models.at[key, "lambda_4v9"], rel_tol=1e-12)
-    assert (outcome.out_dir / "lambda_remeasured.csv").exists()
-    assert (outcome.out_dir / "lambda_remeasured_fits.csv").exists()
+    # a run of its own, inside the source run, with a manifest that lists what it wrote
+    measured = Path(table.attrs["out_dir"])
+    assert measured.parent == outcome.out_dir / "measure-lambda"
+    assert (measured / "lambda_remeasured.csv").exists()
+    assert (measured / "lambda_remeasured_fits.csv").exists()
+    manifest = json.loads((measured / "manifest.json").read_text())
+    assert manifest["experiment"] == "measure-lambda" and manifest["status"] == "complete"
+    assert {"lambda_remeasured.csv", "lambda_remeasured_fits.csv"} <= set(manifest["artifacts"])
+    assert manifest["environment"]["device"] == "cpu"
+    assert manifest["config"]["source"] == str(outcome.out_dir.resolve())
+    assert manifest["config"]["pairs"] == [[4, 9], [1, 7]]
+    # the same settings again: the finished measurement is reused, same table
+    again = lc.measure_lambda_from_run(outcome.out_dir, pairs=["4v9", "1v7"], device="cpu")
+    assert again.attrs["out_dir"] == table.attrs["out_dir"]
+    pd.testing.assert_frame_equal(again, table)
 
 
-def test_measure_lambda_cli(tiny_run):
+def test_measure_lambda_cli(tiny_run, tmp_path):
     outcome, _, _ = tiny_run
+    out = tmp_path / "measured"
     result = CliRunner().invoke(
         app,
         ["measure-lambda", str(outcome.out_dir), "--pairs", "5,6", "2v3", "--max-order", "2",
-         "--device", "cpu"],
+         "--device", "cpu", "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    table = pd.read_csv(outcome.out_dir / "lambda_remeasured.csv")
+    table = pd.read_csv(out / "lambda_remeasured.csv")
     assert sorted(table["pair"].unique()) == ["2v3", "5v6"]
     assert (table["max_order"] == 2).all()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     bad = CliRunner().invoke(app, ["measure-lambda", str(outcome.out_dir / "nope")])
     assert bad.exit_code != 0 and "manifest" in bad.output
+    # validated before any work: a bad setting names its field and creates no directory
+    bad = CliRunner().invoke(
+        app,
+        ["measure-lambda", str(outcome.out_dir), "--pairs", "4v4", "--out", str(tmp_path / "x")],
+    )
+    assert bad.exit_code == 2 and "pairs" in bad.output and not (tmp_path / "x").exists()
+    bad = CliRunner().invoke(
+        app, ["measure-lambda", str(outcome.out_dir), "--min-points", "500", "--out",
+              str(tmp_path / "y")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "min_points" in bad.output and not (tmp_path / "y").exists()
 
 
 def test_config_parsing_and_errors():
@@ -197,14 +225,15 @@ def test_config_parsing_and_errors():
 
 
 def test_condition_helpers():
-    assert lc.parse_condition("selective:9,4") == (4, 9)
-    assert lc.parse_condition("selective:49") == (4, 9)
-    assert lc.parse_condition("global") is None and lc.parse_condition("baseline") == ()
-    assert lc.condition_label("selective:3+8") == "selective_38"
-    assert lc.pair_role((4, 9), (4, 9)) == "targeted"
-    assert lc.pair_role((3, 8), (4, 9)) == "untargeted"
-    assert lc.pair_role((4, 8), (4, 9)) == "mixed"
-    ci = lc.bootstrap_mean_ci([1.0, 2.0, 3.0], samples=500, seed=0)
+    parse = Condition.parse
+    assert parse("selective:9,4").targets == (4, 9)
+    assert parse("selective:49").targets == (4, 9)
+    assert parse("global").targets is None and parse("baseline").targets == ()
+    assert parse("selective:3+8").label == "selective_38"
+    assert parse("selective:4,9").role((4, 9)) == "targeted"
+    assert parse("selective:4,9").role((3, 8)) == "untargeted"
+    assert parse("selective:4,9").role((4, 8)) == "mixed"
+    ci = stats.summarize([1.0, 2.0, 3.0], n_resamples=500, seed=0)
     assert ci["mean"] == 2.0 and 1.0 <= ci["ci95"][0] <= ci["ci95"][1] <= 3.0
 
 
@@ -215,8 +244,9 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     )
     data = lc.load_data(config, "cpu")
     log = logging.getLogger("test")
-    first, record = lc.train_model(config, "selective:4,9", 3, data, "cpu", log)
-    second, _ = lc.train_model(config, "selective:4,9", 3, data, "cpu", log)
+    condition = Condition.parse("selective:4,9")
+    first, record = lc.train_model(config, condition, 3, data, "cpu", log)
+    second, _ = lc.train_model(config, condition, 3, data, "cpu", log)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert (a == b).all()
     assert record["history"][0]["penalized_fraction"] > 0
