@@ -318,6 +318,9 @@ def measure_lambda(
     prob_range: Annotated[
         str | None, typer.Option(help="boundary range low,high, e.g. 0.3,0.7")
     ] = None,
+    boundary: Annotated[
+        str | None, typer.Option(help="boundary points: notebook | pairwise (default: the run's)")
+    ] = None,
     max_order: Annotated[int | None, typer.Option(help="n_max of the fit")] = None,
     directions: Annotated[int | None, typer.Option(help="random directions per point")] = None,
     max_points: Annotated[int | None, typer.Option()] = None,
@@ -341,6 +344,7 @@ def measure_lambda(
             run_dir,
             pairs=" ".join(chosen) if chosen else None,
             prob_range=low_high,
+            boundary=boundary,
             max_order=max_order,
             num_directions=directions,
             max_points=max_points,

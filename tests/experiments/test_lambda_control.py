@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from geomlab import stats
@@ -19,6 +20,7 @@ from geomlab.data import mnist
 from geomlab.experiments import get
 from geomlab.experiments import lambda_control as lc
 from geomlab.experiments.lambda_control.types import Condition
+from geomlab.geometry import derivatives as deriv
 from geomlab.runner import run_experiment
 
 TINY = {
@@ -250,3 +252,95 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert (a == b).all()
     assert record["history"][0]["penalized_fraction"] > 0
+
+
+# --- models: the GELU variant and a user's classifier (issue 12, item 5) ----------------------
+
+SMALL = {
+    **TINY,
+    "conditions": ["baseline", "global"],
+    "seeds": [0],
+    "pairs": [[4, 9]],
+    "train_limit": 64,
+    "reg_directions": 1,
+    "lambda_max_order": 2,
+    "lambda_directions": 1,
+    "max_points": 8,
+    "min_points": 2,
+}
+
+
+def small_relu_classifier() -> torch.nn.Module:
+    """A user's classifier, named by import path in the tests below."""
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
+
+
+def run_small(data_dir, out, **overrides):
+    experiment = get("lambda-control")
+    config = experiment.make_config("quick", {**SMALL, "data_dir": str(data_dir), **overrides})
+    outcome = run_experiment(experiment, config, preset="quick", out_dir=out, interactive=False)
+    assert outcome.status == "complete", outcome.manifest.get("gates")
+    return outcome, config, pd.read_csv(out / "models.csv")
+
+
+def test_gelu_variant_runs_with_the_pairwise_boundary(tiny_run, tmp_path):
+    _, _, data_dir = tiny_run
+    outcome, config, models = run_small(
+        data_dir, tmp_path / "gelu", model="mnist-cnn-gelu", boundary="pairwise"
+    )
+    assert outcome.manifest["config"]["model"] == "mnist-cnn-gelu"
+    assert outcome.manifest["config"]["boundary"] == "pairwise"
+    gelu = lc.experiment.build_model(config, seed=0, device="cpu")
+    assert gelu.activation == "gelu"
+    data = lc.load_data(config, "cpu")
+    expected_method = deriv.resolve_method(gelu.train(), data.train_images[:1], "auto")
+    assert (models["derivative_method"] == expected_method).all()  # nested, or Taylor mode
+    # λ's boundary points are the pairwise rule's, on the trained model
+    model = lc.experiment.build_model(config, seed=0, device="cpu")
+    model.load_state_dict(torch.load(tmp_path / "gelu/checkpoints/global_seed0.pt"))
+    probs = deriv.predict_probabilities(model, data.test_images)
+    found = deriv.boundary_point_indices(
+        probs, data.test_labels, (4, 9), prob_range=(0.0, 1.0), max_points=10_000,
+        boundary="pairwise",
+    )  # fmt: skip
+    row = models.set_index("condition").loc["global"]
+    assert row["n_points_4v9"] == min(len(found), config.max_points)
+    assert math.isfinite(row["lambda_4v9"]) == (row["n_points_4v9"] >= config.min_points)
+
+
+def test_a_users_classifier_runs_and_is_remeasured(tiny_run, tmp_path):
+    _, _, data_dir = tiny_run
+    spec = f"{__name__}:small_relu_classifier"
+    outcome, config, models = run_small(data_dir, tmp_path / "user", model=spec)
+    assert outcome.manifest["config"]["model"] == spec
+    assert (models["derivative_method"] == "fast").all()  # piecewise linear: generic JVP path
+    gates = {g["name"]: g for g in outcome.manifest["gates"]}
+    assert gates["fast_derivatives_match_nested"]["rel_diff"] < 1e-9
+    # seeded as the notebooks seed their models: manual_seed(seed), then the factory
+    torch.manual_seed(0)
+    reference = small_relu_classifier()
+    built = lc.experiment.build_model(config, seed=0, device="cpu")
+    for a, b in zip(reference.parameters(), built.parameters(), strict=True):
+        assert torch.equal(a, b)
+    table = lc.measure_lambda_from_run(outcome.out_dir, device="cpu", boundary="pairwise")
+    assert len(table) == 2 and set(table["pair"]) == {"4v9"}
+    manifest = json.loads((Path(table.attrs["out_dir"]) / "manifest.json").read_text())
+    assert manifest["config"]["boundary"] == "pairwise"
+
+
+def test_bad_model_is_an_error_naming_model_before_any_work(tmp_path):
+    experiment = get("lambda")
+    assert experiment.make_config("paper", {}).model == "mnist-cnn"
+    assert experiment.make_config("paper", {}).boundary == "notebook"
+    for bad in ("resnet", "no_such_package_xyz.models:build", f"{__name__}:not_there"):
+        with pytest.raises(ConfigError, match="model"):
+            experiment.make_config("quick", {"model": bad})
+    with pytest.raises(ConfigError, match="boundary"):
+        experiment.make_config("quick", {"boundary": "nearest"})
+    out = tmp_path / "never"
+    result = CliRunner().invoke(
+        app, ["run", "lambda", "--preset", "quick", "--set", "model=nope_xyz:f", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "model" in result.output and not out.exists()

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from geomlab import stats
-from geomlab.data.mnist import MNISTTensors, load_mnist
+from geomlab.data.mnist import NUM_CLASSES, MNISTTensors, load_mnist
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
 from geomlab.experiments.lambda_control.types import (
     ClassPair,
@@ -29,7 +29,9 @@ from geomlab.experiments.lambda_control.types import (
 )
 from geomlab.geometry import derivatives as deriv
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
+from geomlab.models.loading import build_user_model, is_import_path, resolve_import_path
 from geomlab.models.mnist_cnn import build_mnist_cnn
+from geomlab.models.modes import eval_mode
 from geomlab.training import (
     evaluate_classifier,
     load_checkpoint,
@@ -40,6 +42,7 @@ from geomlab.training import (
 NOTEBOOK_CONDITIONS = [Condition.parse(c) for c in ("baseline", "global", "selective:4,9",
                                                     "selective:3,8")]  # fmt: skip
 NOTEBOOK_PAIRS = [ClassPair(4, 9), ClassPair(3, 8), ClassPair(5, 6)]
+BUILTIN_MODELS = {"mnist-cnn": "relu", "mnist-cnn-gelu": "gelu"}  # name -> activation
 FIT_COLUMNS = [
     "condition", "seed", "pair", "order", "mean_log_abs_d", "slope", "intercept", "num_points",
     "method",
@@ -60,6 +63,12 @@ class Config(ExperimentConfig):
         min_length=1,
         description="class pairs whose boundary λ is measured (e.g. 4v9,3v8)",
     )
+    model: str = Field(
+        "mnist-cnn",
+        description="mnist-cnn (the notebook's), mnist-cnn-gelu (GELU in place of ReLU), or "
+        "package.module:function returning a classifier of [B,1,28,28] (called after "
+        "torch.manual_seed(seed))",
+    )
     epochs: int = Field(15, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0, lt=1, description="Adam learning rate")
@@ -73,6 +82,11 @@ class Config(ExperimentConfig):
     lambda_directions: int = Field(4, ge=1, le=64, description="K_dirs of the λ measurement")
     prob_range: tuple[float, float] = Field(
         (0.2, 0.8), description="boundary points: top softmax probability in [low, high]"
+    )
+    boundary: Literal["notebook", "pairwise"] = Field(
+        "notebook",
+        description="boundary points: notebook = label in the pair; pairwise = the pair are the "
+        "two most probable classes (both with the top probability in prob_range)",
     )
     max_points: int = Field(200, ge=1, description="boundary points per pair, at most")
     min_points: int = Field(10, ge=2, description="fewer boundary points: λ is not estimated")
@@ -97,6 +111,19 @@ class Config(ExperimentConfig):
     @classmethod
     def _pairs_from_cli(cls, value: Any) -> Any:
         return pairs_from_cli(value)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value in BUILTIN_MODELS:
+            return value
+        if not is_import_path(value):
+            raise ValueError(
+                f"model must be {' or '.join(BUILTIN_MODELS)} or package.module:function,"
+                f" got {value!r}"
+            )
+        resolve_import_path(value)  # the module imports and names a callable (else an error)
+        return value
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -156,7 +183,19 @@ def load_data(config: Config, device) -> MNISTTensors:
 
 
 def build_model(config: Config, *, seed: int, device) -> torch.nn.Module:
-    return build_mnist_cnn(seed=seed, dropout=config.dropout, device=device)
+    """The configured classifier, seeded: a built-in CNN, or the user's factory called after
+    ``torch.manual_seed(seed)`` and cast to float32 (the images' dtype) on ``device``."""
+    if config.model in BUILTIN_MODELS:
+        activation = BUILTIN_MODELS[config.model]
+        return build_mnist_cnn(seed=seed, dropout=config.dropout, device=device,
+                               activation=activation)  # fmt: skip
+    model = build_user_model(config.model, seed=seed, dtype=torch.float32, device=device)
+    with torch.no_grad(), eval_mode(model):
+        shape = tuple(model(torch.zeros(1, 1, 28, 28, device=device)).shape)
+    if shape != (1, NUM_CLASSES):
+        raise ValueError(f"model {config.model!r} maps [1, 1, 28, 28] images to {list(shape)},"
+                         f" not [1, {NUM_CLASSES}] logits")  # fmt: skip
+    return model
 
 
 def train_model(
@@ -246,7 +285,7 @@ def measure_pairs(model, data: MNISTTensors, config: Config, *, seed: int, devic
             max_order=config.lambda_max_order, num_directions=config.lambda_directions,
             prob_range=tuple(config.prob_range), max_points=config.max_points,
             min_points=config.min_points, batch_size=config.lambda_batch_size,
-            method=config.derivative_method,
+            method=config.derivative_method, boundary=config.boundary,
             generator=measurement_generator(config.measurement_seed, seed, pair, device),
             probs=probs,
         ))

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -36,6 +36,7 @@ class MeasureConfig(ExperimentConfig):
     source: str = Field(description="the lambda-control run directory whose models are measured")
     pairs: list[Pair] | None = None
     prob_range: tuple[float, float] | None = None
+    boundary: Literal["notebook", "pairwise"] | None = None
     lambda_max_order: int | None = Field(None, ge=2, le=8)
     lambda_directions: int | None = Field(None, ge=1, le=64)
     max_points: int | None = Field(None, ge=1)
@@ -70,8 +71,8 @@ class MeasureConfig(ExperimentConfig):
     def run_config(self) -> Config:
         """The source run's config with this measurement's settings."""
         values = dict(io.read_json(Path(self.source) / "manifest.json")["config"])
-        fields = ("pairs", "prob_range", "lambda_max_order", "lambda_directions", "max_points",
-                  "min_points", "data_dir")  # fmt: skip
+        fields = ("pairs", "prob_range", "boundary", "lambda_max_order", "lambda_directions",
+                  "max_points", "min_points", "data_dir")  # fmt: skip
         values.update({k: getattr(self, k) for k in fields if getattr(self, k) is not None})
         values["device"] = self.device
         try:
@@ -150,6 +151,7 @@ def measure_lambda_from_run(
     *,
     pairs: Any = None,
     prob_range: tuple[float, float] | None = None,
+    boundary: str | None = None,
     max_order: int | None = None,
     num_directions: int | None = None,
     max_points: int | None = None,
@@ -170,7 +172,7 @@ def measure_lambda_from_run(
     from geomlab.runner import run_experiment
 
     overrides = {
-        "source": str(run_dir), "pairs": pairs, "prob_range": prob_range,
+        "source": str(run_dir), "pairs": pairs, "prob_range": prob_range, "boundary": boundary,
         "lambda_max_order": max_order, "lambda_directions": num_directions,
         "max_points": max_points, "min_points": min_points, "data_dir": data_dir,
         "device": device,
