@@ -221,6 +221,10 @@ def test_config_parsing_and_errors():
         ({"reg_scale": -1}, "reg_scale"),
         ({"pairs": [[4, 12]]}, "pairs"),
         ({"min_points": 50, "max_points": 20}, "min_points"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"seeds": [2**64]}, "seeds"),
+        ({"reg_scale": float("inf")}, "reg_scale"),
+        ({"measurement_seed": -1}, "measurement_seed"),
     ):
         with pytest.raises(ConfigError, match=field):
             experiment.make_config("paper", bad)

@@ -42,6 +42,7 @@ from geomlab.training import (
 NOTEBOOK_CONDITIONS = [Condition.parse(c) for c in ("baseline", "global", "selective:4,9",
                                                     "selective:3,8")]  # fmt: skip
 NOTEBOOK_PAIRS = [ClassPair(4, 9), ClassPair(3, 8), ClassPair(5, 6)]
+SEED_LIMIT = 2**32  # seeds are combined into generator seeds, which must stay below 2**64
 BUILTIN_MODELS = {"mnist-cnn": "relu", "mnist-cnn-gelu": "gelu"}  # name -> activation
 FIT_COLUMNS = [
     "condition", "seed", "pair", "order", "mean_log_abs_d", "slope", "intercept", "num_points",
@@ -55,7 +56,7 @@ class Config(ExperimentConfig):
         min_length=1,
         description="baseline | global | selective:<classes> (e.g. selective:4,9)",
     )
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+    seeds: list[Annotated[int, Field(ge=0, lt=SEED_LIMIT)]] = Field(
         default_factory=lambda: [0, 1], min_length=1, description="model seeds"
     )
     pairs: list[Pair] = Field(
@@ -74,8 +75,12 @@ class Config(ExperimentConfig):
     lr: float = Field(1e-3, gt=0, lt=1, description="Adam learning rate")
     dropout: float = Field(0.5, ge=0, lt=1)
     label_noise: float = Field(0.2, ge=0, le=1, description="fraction of training labels flipped")
-    noise_seed: int = Field(42, ge=0, description="seed of the label noise (the notebook's 42)")
-    reg_scale: float = Field(200.0, ge=0, description="penalty multiplier (notebook run: 200)")
+    noise_seed: int = Field(
+        42, ge=0, lt=SEED_LIMIT, description="seed of the label noise (the notebook's 42)"
+    )
+    reg_scale: float = Field(
+        200.0, ge=0, allow_inf_nan=False, description="penalty multiplier (notebook run: 200)"
+    )
     reg_max_order: int = Field(3, ge=1, le=8, description="Nreg: orders 1..Nreg penalized")
     reg_directions: int = Field(2, ge=1, le=64, description="K_dirs of the penalty")
     lambda_max_order: int = Field(4, ge=2, le=8, description="n_max of the λ fit")
@@ -98,7 +103,9 @@ class Config(ExperimentConfig):
     test_limit: int | None = Field(None, ge=10, description="first N test images only")
     data_dir: str | None = Field(None, description="folder with MNIST IDX files")
     eval_batch_size: int = Field(1000, ge=1)
-    measurement_seed: int = Field(1234, ge=0, description="seed of λ subsampling and directions")
+    measurement_seed: int = Field(
+        1234, ge=0, lt=SEED_LIMIT, description="seed of λ subsampling and directions"
+    )
     bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000)
     gate_points: int = Field(8, ge=1, le=256, description="test points of the fast-vs-nested gate")
 
