@@ -194,6 +194,11 @@ def test_measure_lambda_cli(tiny_run, tmp_path):
               str(tmp_path / "y")],
     )  # fmt: skip
     assert bad.exit_code == 2 and "min_points" in bad.output and not (tmp_path / "y").exists()
+    empty = tmp_path / "no-weights"  # a lambda-control manifest without any checkpoint
+    empty.mkdir()
+    (empty / "manifest.json").write_text((outcome.out_dir / "manifest.json").read_text())
+    bad = CliRunner().invoke(app, ["measure-lambda", str(empty), "--out", str(tmp_path / "z")])
+    assert bad.exit_code == 2 and "checkpoints" in bad.output and not (tmp_path / "z").exists()
 
 
 def test_config_parsing_and_errors():

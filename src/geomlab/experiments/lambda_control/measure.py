@@ -24,7 +24,7 @@ from geomlab.experiments.lambda_control.experiment import (
     load_data,
     measure_pairs,
 )
-from geomlab.experiments.lambda_control.types import Pair, pairs_from_cli
+from geomlab.experiments.lambda_control.types import Condition, Pair, pairs_from_cli
 from geomlab.geometry.gates import finite_columns_gate
 from geomlab.training import load_checkpoint
 
@@ -65,8 +65,24 @@ class MeasureConfig(ExperimentConfig):
 
     @model_validator(mode="after")
     def _merged_config_is_valid(self) -> MeasureConfig:
-        self.run_config()
+        if not any(path.is_file() for path in self.checkpoints(self.run_config()).values()):
+            raise ValueError(f"no model checkpoints found in {Path(self.source) / 'checkpoints'}")
         return self
+
+    def checkpoints(self, run_config: Config) -> dict[tuple[Condition, int], Path]:
+        """Where the source run keeps each (condition, seed) model (``summary.json`` records
+        it; older runs: ``checkpoints/<condition>_seed<s>.pt``)."""
+        source = Path(self.source)
+        summary = source / "summary.json"
+        recorded = io.read_json(summary).get("checkpoints", {}) if summary.is_file() else {}
+        paths = {}
+        for condition in run_config.conditions:
+            for seed in run_config.seeds:
+                name = checkpoint_name(condition, seed)
+                paths[condition, seed] = source / recorded.get(
+                    name.removesuffix(".pt"), f"checkpoints/{name}"
+                )
+        return paths
 
     def run_config(self) -> Config:
         """The source run's config with this measurement's settings."""
@@ -87,34 +103,27 @@ def run_measurement(config: MeasureConfig, ctx: RunContext) -> RunResult:
     """Load each (condition, seed) checkpoint of the source run and measure λ again."""
     run_config = config.run_config()
     source = Path(config.source)
-    recorded = (io.read_json(source / "summary.json").get("checkpoints", {})
-                if (source / "summary.json").is_file() else {})  # fmt: skip
     data = load_data(run_config, ctx.device)
     rows, fit_table, missing = [], [], []
-    for condition in run_config.conditions:
-        for seed in run_config.seeds:
-            name = checkpoint_name(condition, seed)
-            path = source / recorded.get(name.removesuffix(".pt"), f"checkpoints/{name}")
-            if not path.is_file():
-                ctx.log.warning("skipping %s seed %d: no checkpoint %s", condition, seed, path)
-                missing.append(name)
-                continue
-            model = build_model(run_config, seed=seed, device=ctx.device)
-            model = load_checkpoint(model, path, device=ctx.device)
-            measurements = measure_pairs(model, data, run_config, seed=seed, device=ctx.device)
-            rows += [
-                {"condition": condition.label, "seed": seed, "pair": pair.label,
-                 "lambda": m.slope, "num_points": m.num_points,
-                 "intercept": m.fit.intercept if m.fit else float("nan"),
-                 "max_order": run_config.lambda_max_order,
-                 "num_directions": run_config.lambda_directions,
-                 "prob_low": run_config.prob_range[0], "prob_high": run_config.prob_range[1],
-                 "method": m.method}
-                for pair, m in measurements
-            ]  # fmt: skip
-            fit_table.extend(fit_rows(condition, seed, measurements))
-    if not rows:
-        raise FileNotFoundError(f"no model checkpoints found in {source / 'checkpoints'}")
+    for (condition, seed), path in config.checkpoints(run_config).items():
+        if not path.is_file():
+            ctx.log.warning("skipping %s seed %d: no checkpoint %s", condition, seed, path)
+            missing.append(str(path.relative_to(source)))
+            continue
+        model = build_model(run_config, seed=seed, device=ctx.device)
+        model = load_checkpoint(model, path, device=ctx.device)
+        measurements = measure_pairs(model, data, run_config, seed=seed, device=ctx.device)
+        rows += [
+            {"condition": condition.label, "seed": seed, "pair": pair.label,
+             "lambda": m.slope, "num_points": m.num_points,
+             "intercept": m.fit.intercept if m.fit else float("nan"),
+             "max_order": run_config.lambda_max_order,
+             "num_directions": run_config.lambda_directions,
+             "prob_low": run_config.prob_range[0], "prob_high": run_config.prob_range[1],
+             "method": m.method}
+            for pair, m in measurements
+        ]  # fmt: skip
+        fit_table.extend(fit_rows(condition, seed, measurements))
     table = pd.DataFrame(rows)
     fits = pd.DataFrame(fit_table, columns=FIT_COLUMNS)
     ctx.write_csv("lambda_remeasured.csv", table)
