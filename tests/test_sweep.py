@@ -17,10 +17,11 @@ import torch
 from pydantic import Field
 from typer.testing import CliRunner
 
-from geomlab import experiments, sweep
+from geomlab import experiments, stats, sweep
 from geomlab.cli import app
 from geomlab.experiments.base import Experiment, ExperimentConfig
 from geomlab.runner import config_hash
+from geomlab.sweep.driver import previous_sweep
 
 runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -173,10 +174,10 @@ def test_dask_missing_says_how_to_install(monkeypatch):
 
 def test_bootstrap_ci_is_seeded_and_covers_the_mean():
     values = np.array([1.0, 2.0, 4.0, 8.0])
-    low, high = sweep.bootstrap_ci(values)
-    assert (low, high) == sweep.bootstrap_ci(values)  # seeded: the report is reproducible
+    low, high = stats.bootstrap_ci(values)
+    assert (low, high) == stats.bootstrap_ci(values)  # seeded: the report is reproducible
     assert values.min() <= low < values.mean() < high <= values.max()
-    assert all(math.isnan(x) for x in sweep.bootstrap_ci(np.array([1.0])))
+    assert all(math.isnan(x) for x in stats.bootstrap_ci(np.array([1.0])))
 
 
 def test_aggregate_over_seeds_per_grid_point():
@@ -372,8 +373,8 @@ def test_a_superset_of_runs_extends_a_sweep_and_anything_else_is_refused(tmp_pat
         )
     )
     _, more = sweep.expand(sweep.SweepSpec("e1", "quick", {}, {}, seeds=[0, 1, 2]))
-    assert sweep._previous_sweep(tmp_path, experiment, more)["experiment"] == "e1"
+    assert previous_sweep(tmp_path, experiment, more)["experiment"] == "e1"
     for other in ([0], [5, 6]):
         _, runs = sweep.expand(sweep.SweepSpec("e1", "quick", {}, {}, seeds=other))
         with pytest.raises(sweep.SweepError, match="holds another sweep"):
-            sweep._previous_sweep(tmp_path, experiment, runs)
+            previous_sweep(tmp_path, experiment, runs)
