@@ -144,6 +144,9 @@ def test_labels_are_file_name_safe_and_bounded():
         (["--workers", "0"], "--workers"),
         (["--threads", "0"], "--threads"),
         (["--preset", "huge"], "huge"),
+        (["--executor", "dask", "--address", "notaurl"], "--address 'notaurl'"),
+        (["--executor", "dask", "--address", "tcp://host"], "no port"),
+        (["--executor", "dask", "--address", "http://host:8786"], "protocol 'http'"),
     ],
 )
 def test_bad_sweeps_are_rejected_before_anything_runs(tmp_path, args, needle):
@@ -161,6 +164,37 @@ def test_bad_value_names_the_grid_point_and_field():
     message = str(error.value)
     assert "grid point rcond=2.0_seed=0" in message and "field 'rcond'" in message
     assert "rcond=1e-08_seed=0" not in message  # the valid point is not blamed
+
+
+def test_scheduler_addresses_of_every_form_dask_takes_pass():
+    for address in ("tcp://127.0.0.1:8786", "head-node:8786", "tls://[::1]:8786", "ucx://h:1"):
+        sweep.check_executor("dask", address)
+
+
+def test_a_sweep_and_a_run_never_share_a_directory(tmp_path):
+    run_dir = tmp_path / "a-run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({"experiment": "e1", "status": "complete"}))
+    result = runner.invoke(app, ["sweep", "e1", *TINY, "--seeds", "0", "--out", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert "is a run directory" in result.output
+    assert sorted(p.name for p in run_dir.iterdir()) == ["manifest.json"]  # nothing written
+
+    sweep_dir = tmp_path / "a-sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text(json.dumps({"experiment": "e1", "runs": []}))
+    result = runner.invoke(app, ["run", "e1", *TINY, "--out", str(sweep_dir)])
+    assert result.exit_code == 2, result.output
+    assert "is a sweep directory" in result.output
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]
+
+
+def test_a_truncated_sweep_json_is_named_and_nothing_runs(tmp_path):
+    (tmp_path / "sweep.json").write_text('{"experiment": "e1", "runs": [')
+    result = runner.invoke(app, ["sweep", "e1", *TINY, "--seeds", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "sweep.json is not valid JSON" in " ".join(result.output.split())
+    assert not (tmp_path / "runs").exists()
 
 
 def test_dask_missing_says_how_to_install(monkeypatch):
@@ -267,6 +301,30 @@ def test_rerun_skips_finished_runs_and_reruns_failed_ones(local_sweep):
     failed = before[before["status"] == "failed"].index
     assert (after.loc[failed, "status"] == "failed").all()
     assert (after.loc[failed, "started"] >= before.loc[failed, "started"]).all()
+
+
+def test_a_corrupt_run_manifest_is_named_and_the_run_redone(local_sweep):
+    runs = pd.read_csv(local_sweep / "runs.csv")
+    # A complete run that the Dask test below does not compare against (rcond=1e-6).
+    name = runs[(runs["status"] == "complete") & (runs["rcond"] == 1e-6)]["run"].iloc[0]
+    path = local_sweep / "runs" / name / "manifest.json"
+    truncated = path.read_text()[:100]
+    path.write_text(truncated)
+    before = completions(path.parent)
+    outcome = sweep.run_sweep(
+        sweep.SweepSpec(
+            "e1", "quick", {"n_samples": 200, "epsilon_values": [1e-3, 1e-2]},
+            {"rcond": [1e-8, 1e-6], "data_seed": [42, OVERFLOW_SEED]}, seeds=[0, 1],
+        ),
+        out_dir=local_sweep, workers=1, threads=1, interactive=False,
+    )  # fmt: skip
+    assert outcome.skipped == 3  # the other complete runs
+    after = outcome.runs.set_index("run")
+    assert after.loc[name, "status"] == "complete" and manifest(path.parent)["status"] == "complete"
+    assert completions(path.parent) == before + 1  # redone once
+    assert (path.parent / "manifest.json.corrupt").read_text() == truncated  # kept, not lost
+    log = (local_sweep / "sweep.log").read_text()
+    assert f"{path} is not valid JSON" in log and "redid the run" in log
 
 
 def test_another_sweep_in_the_same_directory_is_refused(local_sweep):
