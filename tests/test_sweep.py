@@ -47,6 +47,29 @@ def completions(run_dir: Path) -> int:
     return (run_dir / "run.log").read_text().count(" complete in ")
 
 
+# --------------------------------------------------------------------------- the package
+
+
+def test_the_public_api_loads_on_first_use():
+    """`import geomlab.sweep` loads no submodule; a name loads only the module that holds it."""
+    code = (
+        "import sys, json; import geomlab.sweep as s; a = set(sys.modules); s.SWEEP_FILE; "
+        "b = set(sys.modules); s.run_sweep; c = set(sys.modules); "
+        "print(json.dumps([sorted(m for m in x if m.startswith('geomlab.sweep')) "
+        "for x in (a, b, c)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    bare, constant, driver = json.loads(out.stdout)
+    assert bare == ["geomlab.sweep"]
+    assert constant == ["geomlab.sweep", "geomlab.sweep.layout"]
+    assert "geomlab.sweep.driver" in driver
+    assert sorted(sweep.__all__) == sorted(sweep._EXPORTS)
+    for name in sweep.__all__:
+        assert getattr(sweep, name) is not None
+
+
 # --------------------------------------------------------------------------- parsing
 
 
