@@ -39,17 +39,20 @@ class SweepError(ValueError):
 class CorruptFileError(SweepError):
     """A sweep or run file is not valid JSON (truncated or overwritten); names the file."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path, message: str) -> None:
         self.path = Path(path)
-        super().__init__(f"{path} is not valid JSON (truncated or corrupt?): {reason}")
+        super().__init__(message)
 
 
 def read_json(path: Path) -> Any:
     """The JSON in ``path``; :class:`CorruptFileError` naming it when it cannot be parsed."""
     try:
         return io.read_json(path)
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CorruptFileError(path, str(error)) from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: both ValueErrors
+        message = str(error)
+        if str(path) not in message:  # a reader that names the file says it already
+            message = f"{path} is not valid JSON ({message})"
+        raise CorruptFileError(path, message) from None
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
@@ -59,7 +62,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any] | None:
         return None
     manifest = read_json(path)
     if not isinstance(manifest, dict):
-        raise CorruptFileError(path, f"a JSON {type(manifest).__name__}, not an object")
+        raise CorruptFileError(path, f"{path} is not a manifest (a JSON {type(manifest).__name__})")
     return manifest
 
 
