@@ -295,8 +295,8 @@ def check_address(address: str) -> None:
         if parts.scheme not in DASK_PROTOCOLS:
             problem = f"unknown protocol {parts.scheme!r} (use {', '.join(DASK_PROTOCOLS)})"
         elif not parts.hostname or not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", parts.hostname):
-            problem = "no host"
-        elif port is None:
+            problem = "no valid host"
+        elif not port:
             problem = "no port"
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
             problem = "unexpected path or query"
