@@ -349,7 +349,7 @@ class _Drive:
 def run_sweep(
     spec: SweepSpec,
     *,
-    out_dir: Path | None = None,
+    out_dir: str | Path | None = None,
     executor: ExecutorKind = "local",
     workers: int | None = None,
     address: str | None = None,
