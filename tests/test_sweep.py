@@ -429,6 +429,43 @@ def test_sigkilled_driver_resumes_with_every_run_done_exactly_once(tmp_path):
             assert completions(run_dir) == 1, name
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path):
+    """What `timeout` and batch schedulers send: the driver stops its runs, records them and
+    exits 3; before, it died at once and left runs.csv saying "running"."""
+    out = tmp_path / "terminated"
+    args = ["sweep", "e1", *TINY, "--seeds", "0-2", "--workers", "2", "--out", str(out)]
+    with open(tmp_path / "driver.err", "w") as err:
+        command = [sys.executable, "-m", "geomlab.cli", *args]
+        proc = subprocess.Popen(command, env=subprocess_env(), stdout=err, stderr=err)
+        _wait_until(lambda: _complete_runs(out) or proc.poll() is not None, "a complete run")
+        assert proc.poll() is None, "the driver exited before any run was seen complete"
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=HANG_GUARD_S)
+    stderr = (tmp_path / "driver.err").read_text()
+    assert proc.returncode == 3, stderr  # not -15: the driver handled the signal
+    assert "interrupted; rerun the same command to resume" in stderr
+    _wait_until(lambda: not any(map(_alive, workers)), "the workers to exit")
+    assert "sweep interrupted" in (out / "sweep.log").read_text()
+    # runs.csv was rewritten after the signal: every row says what its manifest says.
+    runs = pd.read_csv(out / "runs.csv")
+    for row in runs.itertuples():
+        run_dir = out / "runs" / row.run
+        on_disk = manifest(run_dir)["status"] if (run_dir / "manifest.json").exists() else None
+        assert row.status == (on_disk or "pending"), row.run
+    finished_before = {p.name for p in _complete_runs(out)}
+    assert 1 <= len(finished_before) < 3
+
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"{len(finished_before)} were already done" in result.output
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["status"]) == {"complete"}
+    for name in set(runs["run"]) - finished_before:
+        assert completions(out / "runs" / name) == 1, name
+
+
 # --------------------------------------------------------------------------- dask
 
 

@@ -3,7 +3,8 @@
 ``aggregate.csv`` at the end.
 
 A run's ``manifest.json`` status is the source of truth: rerunning the sweep skips finished
-runs and resumes or reruns the others. A run whose manifest is corrupt is redone (its worker
+runs and resumes or reruns the others. Ctrl-C and SIGTERM stop the runs in flight, record them
+and re-raise (the CLI exits 3). A run whose manifest is corrupt is redone (its worker
 keeps the bad file as ``manifest.json.corrupt``; the driver names it in the log).
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -68,6 +71,10 @@ from geomlab.sweep.tables import (
 
 # A run whose worker process died (segfault, OOM kill) is retried once in a fresh pool.
 MAX_ATTEMPTS = 2
+
+
+class SweepTerminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a batch scheduler) stops a sweep as Ctrl-C does."""
 
 
 @dataclass
@@ -135,6 +142,32 @@ def driver_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise SweepError(f"another sweep driver is running in {out_dir}") from None
         yield
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, the first SIGTERM raises :class:`SweepTerminated` in the driver (only
+    the main thread can take signals; elsewhere this does nothing), so the driver stops its
+    runs, records them and exits as after Ctrl-C instead of dying with runs.csv half told."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN:  # the parent chose to ignore it: so do we
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not fired:  # once: a second SIGTERM must not interrupt the cleanup
+            fired.append(signum)
+            raise SweepTerminated(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sweep_record(
@@ -332,10 +365,10 @@ class _Drive:
                 if self.pool_broken:
                     self.requeue_inflight()
                     backend.restart()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             self.log.error("sweep interrupted; rerun the same command to resume")
-            if backend is not None:
-                backend.close(cancel=True)
+            if backend is not None:  # Ctrl-C reached the workers too; SIGTERM did not
+                backend.close(cancel=True, stop_runs=isinstance(interrupt, SweepTerminated))
                 backend = None
             self.record_interrupted()
             raise
@@ -373,7 +406,7 @@ def run_sweep(
     interactive = console.is_terminal if interactive is None else interactive
     previous = previous_sweep(out_dir, experiment, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with driver_lock(out_dir):
+    with driver_lock(out_dir), sigterm_as_interrupt():
         io.write_json(out_dir / SWEEP_FILE, sweep_record(spec, experiment, runs, previous))
         log = sweep_logger(out_dir, console, interactive)
         try:

@@ -172,7 +172,9 @@ class Backend:
     def restart(self) -> None:
         """Replace a broken pool (only the local pool can break as a whole)."""
 
-    def close(self, *, cancel: bool = False) -> None:
+    def close(self, *, cancel: bool = False, stop_runs: bool = False) -> None:
+        """Shut down; ``cancel`` drops queued runs, ``stop_runs`` also asks running ones to
+        stop (SIGTERM: they record ``interrupted``, as on Ctrl-C, which reaches them anyway)."""
         raise NotImplementedError
 
 
@@ -207,7 +209,12 @@ class LocalPool(Backend):
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.executor = self._new_pool()
 
-    def close(self, *, cancel: bool = False) -> None:
+    def close(self, *, cancel: bool = False, stop_runs: bool = False) -> None:
+        if stop_runs:  # only this pool's workers: the driver starts no other processes
+            import multiprocessing
+
+            for worker in multiprocessing.active_children():
+                worker.terminate()
         # Waits even when cancelling: on Ctrl-C the workers got SIGINT too and record their
         # runs as interrupted within moments; then runs.csv says so.
         self.executor.shutdown(wait=True, cancel_futures=cancel)
@@ -245,7 +252,9 @@ class DaskCluster(Backend):
             self.torch_threads = threads or max(1, usable_cores() // workers)
         self.executor = self.client.get_executor(pure=False)
 
-    def close(self, *, cancel: bool = False) -> None:
+    def close(self, *, cancel: bool = False, stop_runs: bool = False) -> None:
+        # A LocalCluster's workers close with it; runs on a cluster of one's own finish there
+        # (the next invocation waits for their run locks and skips them).
         self.executor.shutdown(wait=not cancel)
         self.client.close()
         if self.cluster is not None:
