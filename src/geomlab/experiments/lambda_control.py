@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from geomlab import io
 from geomlab.data.mnist import NUM_CLASSES, MNISTTensors, batch_indices, load_mnist
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
 from geomlab.geometry import derivatives as deriv
@@ -304,10 +305,8 @@ def train_model(
 
 
 def save_state(model: torch.nn.Module, path: Path) -> None:
-    """Atomic checkpoint: a temp file in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    """Atomic checkpoint (unique temporary name, fsync, rename: geomlab.io.atomic_write)."""
+    io.atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_model(path: Path, *, dropout: float, device: torch.device) -> torch.nn.Module:
@@ -640,8 +639,6 @@ def measure_lambda_from_run(
     Writes ``lambda_remeasured.csv`` (one row per model and pair) and
     ``lambda_remeasured_fits.csv`` (per order) into the run directory; returns the first.
     """
-    from geomlab import io
-
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
