@@ -33,9 +33,15 @@ import pandas as pd
 from rich.console import Console
 
 from geomlab import experiments, io
-from geomlab.config import ConfigError, build_config, parse_value
+from geomlab.config import ConfigError, build_config, check_keys, parse_value
 from geomlab.experiments.base import Experiment
-from geomlab.runner import MANIFEST, config_hash, run_experiment
+from geomlab.runner import (
+    MANIFEST,
+    close_logger,
+    config_hash,
+    make_logger,
+    run_experiment,
+)
 
 SWEEP_FILE = "sweep.json"
 RUNS_CSV = "runs.csv"
@@ -181,13 +187,10 @@ def expand(spec: SweepSpec) -> tuple[Experiment, list[RunSpec]]:
         experiment = experiments.get(spec.experiment)
     except KeyError as error:
         raise SweepError(str(error).strip("'\"")) from None
-    fields = experiment.config_cls.model_fields
-    unknown = sorted(key for key in spec.grid if key not in fields)
-    if unknown:
-        raise SweepError(
-            f"unknown grid key(s) {', '.join(map(repr, unknown))} for {experiment.name}; "
-            f"known keys: {', '.join(fields)}"
-        )
+    try:
+        check_keys(experiment.config_cls, spec.grid, owner=experiment.name, what="grid key")
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
     if spec.seeds is not None:
         clash = sorted(key for key in spec.grid if key in SEED_FIELDS or key == "n_seeds")
         if clash:
@@ -615,25 +618,10 @@ class _Display:
 
 
 def _sweep_logger(out_dir: Path, console: Console, interactive: bool) -> logging.Logger:
-    log = logging.getLogger(f"geomlab.sweep.{out_dir.resolve()}")
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
-    to_file = logging.FileHandler(out_dir / SWEEP_LOG, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(to_file)
-    if interactive:
-        from rich.logging import RichHandler
-
-        screen: logging.Handler = RichHandler(console=console, show_path=False, markup=False)
-    else:
-        screen = logging.StreamHandler(console.file)
-        screen.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    screen.setLevel(logging.INFO)
-    log.addHandler(screen)
-    return log
+    return make_logger(
+        f"geomlab.sweep.{out_dir.resolve()}", out_dir / SWEEP_LOG, console=console,
+        interactive=interactive, level=logging.DEBUG,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -738,9 +726,7 @@ def run_sweep(
                           executor=executor, workers=workers, address=address,
                           threads=threads, dask_processes=dask_processes)  # fmt: skip
         finally:
-            for handler in list(log.handlers):
-                log.removeHandler(handler)
-                handler.close()
+            close_logger(log)
 
 
 def _drive(

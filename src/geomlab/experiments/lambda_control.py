@@ -639,6 +639,8 @@ def measure_lambda_from_run(
     Writes ``lambda_remeasured.csv`` (one row per model and pair) and
     ``lambda_remeasured_fits.csv`` (per order) into the run directory; returns the first.
     """
+    from geomlab.runner import resolve_device
+
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
@@ -661,10 +663,7 @@ def measure_lambda_from_run(
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["device"] = device
     config = Config(**values)
-    if device == "auto":
-        torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        torch_device = torch.device(device)
+    torch_device = resolve_device(device)
     data = load_data(config, torch_device)
     rows, fit_table = [], []
     for condition in config.conditions:
