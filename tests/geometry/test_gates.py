@@ -89,3 +89,26 @@ def test_topk_converged_gate_counts():
     assert topk_converged_gate(0).passed
     failed = topk_converged_gate(3)
     assert not failed.passed and failed.details["unconverged"] == 3 and "3 fast" in failed.message
+
+
+def test_loss_growth_rule():
+    from geomlab.geometry.gates import loss_growth
+
+    assert loss_growth(2.0, 5.0) == 2.5
+    assert loss_growth(0.0, 0.0) == 1.0 and loss_growth(0.0, 1e-3) == math.inf
+    assert math.isnan(loss_growth(1.0, math.inf)) and math.isnan(loss_growth(math.nan, 1.0))
+
+
+def test_loss_growth_gate_names_runaway_runs():
+    from geomlab.geometry.gates import loss_growth_gate
+
+    growth = {"a": 0.5, "b": 101.7, "c": math.nan, "d": 10.0}
+    gate = loss_growth_gate(growth, max_growth=10.0)
+    assert not gate.passed and gate.name == "train_mse_growth"
+    assert gate.details["runaway"] == "b,c" and gate.details["unexpected_runaway"] == "b,c"
+    assert gate.details["largest_growth"] == 101.7
+    assert "b (×102)" in gate.message and "c (×nan)" in gate.message
+    expected = loss_growth_gate(growth, max_growth=10.0, expected=["b", "c"])
+    assert expected.passed and expected.details["runaway"] == "b,c"
+    assert expected.details["unexpected_runaway"] == "" and "expected runaways" in expected.message
+    assert loss_growth_gate({"a": 0.5}, max_growth=10.0).passed

@@ -176,3 +176,63 @@ def topk_converged_gate(
         else f"FAIL: {unconverged} fast top-k solves hit svd_max_iter"
     )
     return GateResult(name, passed, message, scope, {"unconverged": unconverged})
+
+
+def loss_growth(initial: float, final: float) -> float:
+    """final / initial for a loss; ``inf`` when a zero initial loss became positive, ``nan``
+    when either value is not finite (a non-finite loss counts as a runaway, never as fine)."""
+    if not (math.isfinite(initial) and math.isfinite(final)):
+        return math.nan
+    if initial > 0:
+        return final / initial
+    return 1.0 if final <= 0 else math.inf
+
+
+def loss_growth_gate(
+    growth: Mapping[str, float],
+    *,
+    max_growth: float,
+    expected: Iterable[str] = (),
+    name: str = "train_mse_growth",
+    scope: str = "",
+) -> GateResult:
+    """Runaway check: a run whose loss grew more than ``max_growth``-fold over training (its
+    :func:`loss_growth` > ``max_growth``, or not finite) ran away.
+
+    The gate fails when a run outside ``expected`` ran away. ``expected`` names runs known to
+    diverge (a preset reproducing a notebook's diverging cells): they are still listed as
+    runaways in the details, only they do not fail the gate. Callers keep every runaway run
+    out of headline averages.
+
+    Args:
+        growth: run name -> final loss / initial loss.
+        max_growth: the largest growth factor that still counts as training.
+        expected: run names whose runaway is expected.
+
+    Returns:
+        A :class:`GateResult` whose details hold ``runaway`` and ``unexpected_runaway``
+        (comma-joined run names), ``max_growth`` and the largest growth seen.
+    """
+    expected = set(expected)
+    runaway = [run for run, value in growth.items() if not value <= max_growth]
+    unexpected = [run for run in runaway if run not in expected]
+    passed = not unexpected
+    finite = [v for v in growth.values() if math.isfinite(v)]
+    largest = max(finite, default=math.nan)
+
+    def listing(runs: list[str]) -> str:
+        return ", ".join(f"{run} (×{growth[run]:.3g})" for run in runs)
+
+    if passed:
+        message = f"PASS: no run's loss grew more than {max_growth:g}-fold"
+        if runaway:
+            message += f" except expected runaways {listing(runaway)}"
+    else:
+        message = f"FAIL: loss grew more than {max_growth:g}-fold in {listing(unexpected)}"
+    details = {
+        "runaway": ",".join(runaway),
+        "unexpected_runaway": ",".join(unexpected),
+        "max_growth": max_growth,
+        "largest_growth": largest,
+    }
+    return GateResult(name, passed, message, scope, details)
