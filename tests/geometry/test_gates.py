@@ -112,3 +112,13 @@ def test_loss_growth_gate_names_runaway_runs():
     assert expected.passed and expected.details["runaway"] == "b,c"
     assert expected.details["unexpected_runaway"] == "" and "expected runaways" in expected.message
     assert loss_growth_gate({"a": 0.5}, max_growth=10.0).passed
+
+
+def test_runaway_runs_is_the_gate_rule():
+    from geomlab.geometry.gates import runaway_runs
+
+    assert runaway_runs({"a": 1.0, "b": 11.0, "c": math.inf, "d": math.nan}, max_growth=10) == [
+        "b",
+        "c",
+        "d",
+    ]

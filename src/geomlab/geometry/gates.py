@@ -188,6 +188,11 @@ def loss_growth(initial: float, final: float) -> float:
     return 1.0 if final <= 0 else math.inf
 
 
+def runaway_runs(growth: Mapping[str, float], *, max_growth: float) -> list[str]:
+    """Runs whose loss grew more than ``max_growth``-fold, or whose growth is not finite."""
+    return [run for run, value in growth.items() if not value <= max_growth]
+
+
 def loss_growth_gate(
     growth: Mapping[str, float],
     *,
@@ -214,7 +219,7 @@ def loss_growth_gate(
         (comma-joined run names), ``max_growth`` and the largest growth seen.
     """
     expected = set(expected)
-    runaway = [run for run, value in growth.items() if not value <= max_growth]
+    runaway = runaway_runs(growth, max_growth=max_growth)
     unexpected = [run for run in runaway if run not in expected]
     passed = not unexpected
     finite = [v for v in growth.values() if math.isfinite(v)]
