@@ -50,6 +50,8 @@ def test_paper_preset_runs_every_notebook_setting():
             "teacher",
         ),  # fmt: skip
         ({"parameterization": "ntk"}, "parameterization"),
+        ({"max_train_mse_growth": 1.0}, "max_train_mse_growth"),
+        ({"max_train_mse_growth": float("inf")}, "max_train_mse_growth"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
@@ -172,3 +174,68 @@ def test_notebook_parameterization_runs_with_gamma_squared(tmp_path, fake_contex
     assert first["train_mse"] == pytest.approx(
         float(((by_hand - problem.y) ** 2).mean()), rel=1e-10
     )
+
+
+# Issue 13 item 5: lr = 1e12 in a γ = 1 cell grows the ReLU run's train MSE 2.4 -> 242.
+RUNAWAY_SETTINGS = json.dumps(
+    [
+        {"teacher": "sigmoid", "lr": 1e12, "gamma_scale": "1/sqrt(k)", "epochs": 100},
+        {"teacher": "sigmoid", "lr": 1e12, "gamma_scale": "1", "epochs": 100},
+    ]
+)
+
+
+def test_cli_runaway_run_fails_the_growth_gate_and_stays_out_of_the_headline(tmp_path):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    out = tmp_path / "runaway"
+    args = ["run", "alignment", "--preset", "quick", "--set", 'families=["relu-vs-sigmoid"]',
+            "--set", f"relu_vs_sigmoid_settings={RUNAWAY_SETTINGS}", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # the "gate failed" exit code
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "gates_failed"
+    gate = next(g for g in manifest["gates"] if g["name"] == "train_mse_growth")
+    assert not gate["passed"] and "relu-vs-sigmoid/s2-relu" in gate["unexpected_runaway"]
+    assert all(g["passed"] for g in manifest["gates"] if g["name"] != "train_mse_growth")
+    metrics = pd.read_csv(out / "alignment_metrics.csv")
+    ran_away = metrics[metrics["run"] == "relu-vs-sigmoid/s2-relu"].sort_values("epoch")
+    assert ran_away["train_mse"].iloc[-1] > 50 * ran_away["train_mse"].iloc[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "relu-vs-sigmoid/s2-relu" in summary["runaway_runs"]
+    assert summary["final"]["relu-vs-sigmoid/s2-relu"]["runaway"] is True
+    assert summary["final"]["relu-vs-sigmoid/s1-relu"]["runaway"] is False
+    # The headline medians use only the runs that trained.
+    clean = [v for run, v in summary["final"].items() if run not in summary["runaway_runs"]]
+    assert manifest["headline"]["runaway_runs"] == len(summary["runaway_runs"])
+    assert manifest["headline"]["median_final_energy_fraction"] == pytest.approx(
+        float(pd.Series([v["energy_fraction"] for v in clean]).median())
+    )
+
+
+def test_runaway_panels_are_marked_in_the_figures():
+    import matplotlib.pyplot as plt
+
+    from geomlab.plots.alignment import FIGURES
+
+    rows = []
+    for run, mse in (("fam/s1-relu", [1.0, 0.5]), ("fam/s1-sigmoid", [1.0, 50.0])):
+        for epoch, value in enumerate(mse):
+            rows.append({"run": run, "family": "fam", "setting": "s1", "teacher": "relu",
+                         "lr": 2.0, "gamma_scale": "1", "epoch": epoch, "train_mse": value,
+                         "test_mse": value, "cos_v1_spike": 0.5, "cos_v1_residue": 0.5,
+                         "energy_fraction": 0.5, "grad_sv_1": 3.0, "grad_sv_2": 2.0,
+                         "grad_sv_3": 1.0})  # fmt: skip
+    metrics = pd.DataFrame(rows)
+    angles = pd.DataFrame({"family": ["fam"], "setting": ["s1"], "epoch": [1],
+                           "subspace": ["weights"], "rank": [2],
+                           "mean_angle_deg": [10.0]})  # fmt: skip
+    for make in FIGURES.values():
+        fig = make(metrics, angles, runaway={"fam/s1-sigmoid": 50.0})
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert "ran away: Sigmoid (train MSE ×50)" in texts, texts
+        plain = make(metrics, angles)
+        assert not any("ran away" in t.get_text() for t in plain.axes[0].texts)
+        plt.close("all")
