@@ -76,3 +76,20 @@ def test_manifest_records_the_data(tmp_path):
     assert CliRunner().invoke(app, args).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["nus"] == [0.25] and manifest["data"]["label_noise_std"] == 1.0
+
+
+def test_config_options_are_enums_that_keep_their_text():
+    from geomlab.models.two_layer import Activation, GammaScale, Parameterization
+
+    config = gradient_rank.Config(gamma_scale="1/k", activation="tanh", parameterization="notebook")
+    assert config.gamma_scale is GammaScale.INV_K and config.activation is Activation.TANH
+    assert config.parameterization is Parameterization.NOTEBOOK
+    dumped = config.model_dump(mode="json")  # what the manifest stores
+    assert (dumped["gamma_scale"], dumped["activation"], dumped["teacher"]) == (
+        "1/k",
+        "tanh",
+        "sigmoid",
+    )
+    with pytest.raises(ValidationError) as info:
+        gradient_rank.Config(gamma_scale="1/sqrt(d)")
+    assert "gamma_scale" in str(info.value) and "1/sqrt(k)" in str(info.value)

@@ -194,7 +194,7 @@ def comparisons(config: Config) -> list[Comparison]:
                     config.nu_relu_vs_sigmoid,
                     runs,
                     expect_runaway=s.expect_runaway,
-                )  # fmt: skip
+                )
             )
     if "ntk-vs-mf" in config.families:
         epochs = min(config.ntk_vs_mf_epochs, cap)
