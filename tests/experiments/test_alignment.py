@@ -34,6 +34,17 @@ def test_paper_preset_runs_every_notebook_setting():
     assert sum(r.epochs for c in plan for r in c.runs) == 10_700
 
 
+def test_presets_expect_the_notebooks_diverging_cells_to_run_away():
+    # The γ = 1 cells s2, s6, s8 and the NTK run grow their train MSE in the notebook's own
+    # configuration (paper: s2 ReLU ×693, NTK ×10.7); anything else that grows fails the gate.
+    plan = alignment.comparisons(alignment.Config(**alignment.PRESETS["paper"]))
+    assert [c.setting for c in plan if c.expect_runaway] == ["s2", "s6", "s8", "ntk-mf"]
+    assert all(c.runs[0].gamma_scale == "1" for c in plan if c.expect_runaway)
+    setting = {"teacher": "relu", "lr": 1e12, "gamma_scale": "1", "epochs": 5}
+    custom = alignment.Config(relu_vs_sigmoid_settings=[setting])
+    assert not alignment.comparisons(custom)[0].expect_runaway
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [

@@ -112,6 +112,11 @@ class Config(ExperimentConfig):
     ntk_vs_mf_lr: float = Field(0.5, gt=0, description="lr coefficient (notebook: √k/2)")
     ntk_vs_mf_lr_scale: LrScale = LrScale.SQRT_K
     ntk_vs_mf_epochs: int = Field(50, gt=0, le=1_000_000)
+    ntk_vs_mf_expect_runaway: bool = Field(
+        True,
+        description="the notebook's NTK run (γ = 1) grows its train MSE (paper preset: 1.14 -> "
+        "12.2): reported as a runaway and kept out of the headline, but not a gate failure",
+    )
     epoch_cap: int | None = Field(None, gt=0, description="cap every run's epochs (quick runs)")
     max_train_mse_growth: float = Field(
         10.0,
@@ -205,7 +210,14 @@ def comparisons(config: Config) -> list[Comparison]:
             RunSpec("mf", act, GammaScale.INV_SQRT_K, lr, lr_scale, epochs),
         )
         out.append(
-            Comparison("ntk-vs-mf", "ntk-mf", config.ntk_vs_mf_teacher, config.nu_ntk_vs_mf, runs)
+            Comparison(
+                "ntk-vs-mf",
+                "ntk-mf",
+                config.ntk_vs_mf_teacher,
+                config.nu_ntk_vs_mf,
+                runs,
+                expect_runaway=config.ntk_vs_mf_expect_runaway,
+            )
         )
     return out
 
