@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from geomlab import io
 from geomlab.data.mnist import NUM_CLASSES, MNISTTensors, batch_indices, load_mnist
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
 from geomlab.geometry import derivatives as deriv
@@ -304,10 +305,8 @@ def train_model(
 
 
 def save_state(model: torch.nn.Module, path: Path) -> None:
-    """Atomic checkpoint: a temp file in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    """Atomic checkpoint (unique temporary name, fsync, rename: geomlab.io.atomic_write)."""
+    io.atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_model(path: Path, *, dropout: float, device: torch.device) -> torch.nn.Module:
@@ -640,7 +639,7 @@ def measure_lambda_from_run(
     Writes ``lambda_remeasured.csv`` (one row per model and pair) and
     ``lambda_remeasured_fits.csv`` (per order) into the run directory; returns the first.
     """
-    from geomlab import io
+    from geomlab.runner import resolve_device
 
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
@@ -664,10 +663,7 @@ def measure_lambda_from_run(
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["device"] = device
     config = Config(**values)
-    if device == "auto":
-        torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        torch_device = torch.device(device)
+    torch_device = resolve_device(device)
     data = load_data(config, torch_device)
     rows, fit_table = [], []
     for condition in config.conditions:

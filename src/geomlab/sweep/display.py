@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from geomlab.runner import make_logger
 from geomlab.sweep.layout import SWEEP_LOG
 
 
@@ -52,28 +53,9 @@ class SweepDisplay:
 
 
 def sweep_logger(out_dir: Path, console: Console, interactive: bool) -> logging.Logger:
-    """``sweep.log`` gets everything (DEBUG: tracebacks too); the screen INFO and up."""
-    log = logging.getLogger(f"geomlab.sweep.{out_dir.resolve()}")
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    close_logger(log)
-    to_file = logging.FileHandler(out_dir / SWEEP_LOG, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(to_file)
-    screen: logging.Handler
-    if interactive:
-        from rich.logging import RichHandler
-
-        screen = RichHandler(console=console, show_path=False, markup=False)
-    else:
-        screen = logging.StreamHandler(console.file)
-        screen.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    screen.setLevel(logging.INFO)
-    log.addHandler(screen)
-    return log
-
-
-def close_logger(log: logging.Logger) -> None:
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
+    """``sweep.log`` gets everything (DEBUG: tracebacks too); the screen INFO and up. Release
+    it with :func:`geomlab.runner.close_logger`."""
+    return make_logger(
+        f"geomlab.sweep.{out_dir.resolve()}", out_dir / SWEEP_LOG, console=console,
+        interactive=interactive, level=logging.DEBUG,
+    )  # fmt: skip

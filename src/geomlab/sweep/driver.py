@@ -29,8 +29,8 @@ from rich.console import Console
 
 from geomlab import io
 from geomlab.experiments.base import Experiment
-from geomlab.runner import MANIFEST
-from geomlab.sweep.display import SweepDisplay, close_logger, sweep_logger
+from geomlab.runner import MANIFEST, close_logger
+from geomlab.sweep.display import SweepDisplay, sweep_logger
 from geomlab.sweep.executors import (
     Backend,
     ExecutorKind,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from geomlab import experiments
-from geomlab.config import ConfigError, build_config, parse_value
+from geomlab.config import ConfigError, build_config, check_keys, parse_value
 from geomlab.experiments.base import Experiment
 from geomlab.runner import config_hash
 from geomlab.sweep.layout import SweepError
@@ -142,13 +142,10 @@ def _experiment(spec: SweepSpec) -> Experiment:
         experiment = experiments.get(spec.experiment)
     except KeyError as error:
         raise SweepError(str(error).strip("'\"")) from None
-    fields = experiment.config_cls.model_fields
-    unknown = sorted(key for key in spec.grid if key not in fields)
-    if unknown:
-        raise SweepError(
-            f"unknown grid key(s) {', '.join(map(repr, unknown))} for {experiment.name}; "
-            f"known keys: {', '.join(fields)}"
-        )
+    try:
+        check_keys(experiment.config_cls, spec.grid, owner=experiment.name, what="grid key")
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
     if spec.seeds is not None:
         clash = sorted(key for key in spec.grid if key in SEED_FIELDS or key == "n_seeds")
         if clash:
