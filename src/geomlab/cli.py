@@ -1,4 +1,9 @@
-"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner)."""
+"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner).
+
+Heavy modules (torch, pandas, matplotlib) and the experiment modules are imported only by the
+commands that need them: ``geomlab --help`` and ``geomlab list`` import none of them (a test
+checks it; the runner imports torch when a run starts).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from rich.table import Table
 
 from geomlab import experiments, io
 from geomlab.config import ConfigError, parse_overrides
-from geomlab.runner import MANIFEST, RunError, run_experiment
+from geomlab.runner import MANIFEST, RunError, run_experiment  # light: torch loads in a run
 
 app = typer.Typer(
     help="Learning-geometry experiments on PyTorch models.",
@@ -39,13 +44,8 @@ def list_experiments() -> None:
     table = Table(box=None, header_style="bold")
     for column in ("experiment", "aliases", "presets", "description"):
         table.add_column(column)
-    for experiment in experiments.all_experiments():
-        table.add_row(
-            experiment.name,
-            ", ".join(experiment.aliases),
-            ", ".join(experiment.presets),
-            experiment.description,
-        )
+    for name, entry in experiments.REGISTRY.items():  # no experiment module is imported
+        table.add_row(name, ", ".join(entry.aliases), ", ".join(entry.presets), entry.description)
     console.print(table)
 
 
@@ -85,6 +85,10 @@ def run(
     if show_config:
         console.print_json(json.dumps(config.model_dump(mode="json")))
         return
+    from geomlab.sweep import SWEEP_FILE, is_sweep_dir
+
+    if out is not None and is_sweep_dir(out):
+        raise fail(f"{out} is a sweep directory ({SWEEP_FILE}); a run needs its own --out")
     try:
         outcome = run_experiment(
             experiment, config, preset=chosen, out_dir=out, console=err_console
@@ -355,7 +359,7 @@ def measure_lambda(
         )
     except (FileNotFoundError, ValueError, ValidationError) as error:
         raise fail(str(error)) from None
-    except RunError as error:
+    except RunError as error:  # e.g. --device cuda without CUDA
         raise fail(str(error), EXIT_RUN_FAILED) from None
     result = Table(box=None, header_style="bold")
     for column in ("condition", "seed", "pair", "lambda", "num_points"):

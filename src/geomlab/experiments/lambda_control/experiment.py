@@ -212,14 +212,15 @@ def train_model(
     model = build_model(config, seed=seed, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
-    method = deriv.resolve_method(model, data.train_images[:1], config.derivative_method)
+    path = deriv.resolve_path(model, data.train_images[:1], config.derivative_method)
+    method = "nested" if path == "nested" else "fast"  # linear (cumulants) or Taylor mode
     direction_generator = torch.Generator(device=device).manual_seed(10_000 + seed)
 
     def loss_fn(model, images, labels):
         return deriv.class_selective_loss(
             model, images, labels, target_classes=condition.targets, scale=config.reg_scale,
             max_order=config.reg_max_order, num_directions=config.reg_directions,
-            method=method, generator=direction_generator,
+            method=path, generator=direction_generator,
         )  # fmt: skip
 
     def log_epoch(row):
