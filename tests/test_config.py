@@ -31,8 +31,35 @@ def test_registry_table_agrees_with_every_experiment_module():
     from geomlab.experiments import REGISTRY, all_experiments, get
 
     for experiment in all_experiments():
-        module, aliases = REGISTRY[experiment.name]
+        module, aliases, description, presets = REGISTRY[experiment.name]
         assert tuple(experiment.aliases) == aliases
+        assert experiment.description == description  # `geomlab list` shows the table's
+        assert tuple(experiment.presets) == presets
+        assert experiment.run.__module__ == module
         for spelling in (experiment.name, *aliases):
             assert get(spelling) is experiment
         assert {"paper", "quick"} <= set(experiment.presets)
+
+
+def test_one_unknown_key_check_names_keys_and_lists_known_ones():
+    from pydantic import BaseModel
+
+    from geomlab.config import build_config, check_keys
+
+    class Small(BaseModel):
+        alpha: float = 1.0
+        beta: int = 2
+
+    with pytest.raises(ConfigError, match=r"unknown grid key\(s\) 'gamma', 'zeta' for toy; "
+                       r"known keys: alpha, beta"):  # fmt: skip
+        check_keys(Small, ["zeta", "alpha", "gamma"], owner="toy", what="grid key")
+    check_keys(Small, ["alpha"], owner="toy")  # known keys pass
+
+    class Source:
+        name = "toy"
+        presets = {"paper": {}}
+        config_cls = Small
+
+    with pytest.raises(ConfigError, match="unknown config key\\(s\\) 'gamma' for toy"):
+        build_config(Source, "paper", {"gamma": 1})
+    assert build_config(Source, "paper", {"beta": 5}) == Small(beta=5)

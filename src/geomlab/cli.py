@@ -1,4 +1,9 @@
-"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner)."""
+"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner).
+
+Heavy modules (torch, pandas, matplotlib) and the experiment modules are imported only by the
+commands that need them: ``geomlab --help`` and ``geomlab list`` import none of them (a test
+checks it; the runner imports torch when a run starts).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from rich.table import Table
 
 from geomlab import experiments, io
 from geomlab.config import ConfigError, parse_overrides
-from geomlab.runner import MANIFEST, RunError, run_experiment
+from geomlab.runner import MANIFEST, RunError, run_experiment  # light: torch loads in a run
 
 app = typer.Typer(
     help="Learning-geometry experiments on PyTorch models.",
@@ -39,13 +44,8 @@ def list_experiments() -> None:
     table = Table(box=None, header_style="bold")
     for column in ("experiment", "aliases", "presets", "description"):
         table.add_column(column)
-    for experiment in experiments.all_experiments():
-        table.add_row(
-            experiment.name,
-            ", ".join(experiment.aliases),
-            ", ".join(experiment.presets),
-            experiment.description,
-        )
+    for name, entry in experiments.REGISTRY.items():  # no experiment module is imported
+        table.add_row(name, ", ".join(entry.aliases), ", ".join(entry.presets), entry.description)
     console.print(table)
 
 
@@ -85,6 +85,10 @@ def run(
     if show_config:
         console.print_json(json.dumps(config.model_dump(mode="json")))
         return
+    from geomlab.sweep import SWEEP_FILE, is_sweep_dir
+
+    if out is not None and is_sweep_dir(out):
+        raise fail(f"{out} is a sweep directory ({SWEEP_FILE}); a run needs its own --out")
     try:
         outcome = run_experiment(
             experiment, config, preset=chosen, out_dir=out, console=err_console
@@ -318,12 +322,19 @@ def measure_lambda(
     prob_range: Annotated[
         str | None, typer.Option(help="boundary range low,high, e.g. 0.3,0.7")
     ] = None,
+    boundary: Annotated[
+        str | None, typer.Option(help="boundary points: notebook | pairwise (default: the run's)")
+    ] = None,
     max_order: Annotated[int | None, typer.Option(help="n_max of the fit")] = None,
     directions: Annotated[int | None, typer.Option(help="random directions per point")] = None,
     max_points: Annotated[int | None, typer.Option()] = None,
     min_points: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="folder with MNIST IDX files")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="run directory of the measurement (default RUN_DIR/measure-lambda/HASH)"),
+    ] = None,
 ) -> None:
     """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
     from pydantic import ValidationError
@@ -337,16 +348,19 @@ def measure_lambda(
             run_dir,
             pairs=" ".join(chosen) if chosen else None,
             prob_range=low_high,
+            boundary=boundary,
             max_order=max_order,
             num_directions=directions,
             max_points=max_points,
             min_points=min_points,
             device=device,
             data_dir=str(data_dir) if data_dir else None,
-            log=err_console.print,
+            out_dir=out,
         )
     except (FileNotFoundError, ValueError, ValidationError) as error:
         raise fail(str(error)) from None
+    except RunError as error:  # e.g. --device cuda without CUDA
+        raise fail(str(error), EXIT_RUN_FAILED) from None
     result = Table(box=None, header_style="bold")
     for column in ("condition", "seed", "pair", "lambda", "num_points"):
         result.add_column(column, justify="right" if column != "condition" else "left")
@@ -356,7 +370,7 @@ def measure_lambda(
             str(row["num_points"]),
         )  # fmt: skip
     console.print(result)
-    console.print(f"written: {run_dir / 'lambda_remeasured.csv'}")
+    console.print(f"written: {Path(table.attrs['out_dir']) / 'lambda_remeasured.csv'}")
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a fragment."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a fragment.
+
+:func:`atomic_write` is the one writer of geomlab: every artifact, manifest, resume piece,
+checkpoint and downloaded file goes through it (a temporary file with a unique name in the same
+folder, flushed to disk, then renamed into place).
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,37 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file in the same folder, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary file in the same folder, then rename it into place.
+
+    The temporary name is unique (``.<name>.<random>.tmp``), so concurrent writers never share
+    one; its data is fsynced before the rename and the folder after it. If ``write`` raises
+    (also on Ctrl-C), the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts should be readable
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts should be readable
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -30,6 +56,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
@@ -37,24 +64,30 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON values; non-finite floats become null (strict JSON has no NaN)."""
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def to_jsonable(obj: Any, *, keep_non_finite: bool = False) -> Any:
+    """Plain JSON values. Non-finite floats become null (strict JSON has no NaN) unless
+    ``keep_non_finite``, for files geomlab reads back itself (resume pieces)."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, keep_non_finite=keep_non_finite) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, keep_non_finite=keep_non_finite) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
         obj = obj.item()
     if hasattr(obj, "tolist"):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
+        return to_jsonable(obj.tolist(), keep_non_finite=keep_non_finite)
+    if isinstance(obj, float) and not math.isfinite(obj) and not keep_non_finite:
         return None
     return obj
 
 
 def write_json(path: Path, obj: Any) -> Path:
+    """Strict JSON (NaN and infinities written as null), atomically."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
 

@@ -14,15 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import geomlab
 from geomlab import io
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunResult
+
+if TYPE_CHECKING:  # torch is imported where a run needs it: `geomlab show` stays light
+    import torch
 
 T = TypeVar("T")
 
@@ -37,7 +38,11 @@ class RunError(RuntimeError):
 
 
 def resolve_device(request: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is an error, not a fallback."""
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error, not a fallback.
+
+    The one device resolver of geomlab (runs and ``measure-lambda`` alike)."""
+    import torch
+
     if request == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if request == "cuda" and not torch.cuda.is_available():
@@ -53,6 +58,8 @@ def config_hash(experiment_name: str, config: ExperimentConfig) -> str:
 
 
 def environment_info(device: torch.device) -> dict[str, Any]:
+    import torch
+
     info: dict[str, Any] = {
         "geomlab": geomlab.__version__,
         "torch": torch.__version__,
@@ -114,6 +121,14 @@ class Context:
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         if self.interactive:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             columns = (
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -187,26 +202,40 @@ def default_out_dir(experiment: Experiment, root: Path = Path("results")) -> Pat
     return root / experiment.name / stamp
 
 
-def _make_logger(out_dir: Path, console: Console, interactive: bool) -> logging.Logger:
-    logger = logging.getLogger(f"geomlab.run.{out_dir.resolve()}")
-    logger.setLevel(logging.INFO)
+def make_logger(
+    name: str,
+    log_file: Path,
+    *,
+    console: Console,
+    interactive: bool,
+    level: int = logging.INFO,
+    screen_level: int = logging.INFO,
+) -> logging.Logger:
+    """The one logger set-up of geomlab (runs and sweeps): ``log_file`` gets every record at
+    ``level`` and up with timestamps; the screen gets ``screen_level`` and up, through rich on
+    a terminal, as plain timestamped lines on ``console``'s file otherwise. Calling it again
+    for the same name replaces the handlers; :func:`close_logger` releases them."""
+    logger = logging.getLogger(name)
+    logger.setLevel(level)
     logger.propagate = False
-    _close_handlers(logger)
-    file_handler = logging.FileHandler(out_dir / LOG_FILE, encoding="utf-8")
+    close_logger(logger)
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(file_handler)
+    screen: logging.Handler
     if interactive:
         from rich.logging import RichHandler
 
-        logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
+        screen = RichHandler(console=console, show_path=False, markup=False)
     else:
-        stream = logging.StreamHandler(console.file)  # the caller's console, not always stderr
-        stream.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(stream)
+        screen = logging.StreamHandler(console.file)  # the caller's console, not always stderr
+        screen.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    screen.setLevel(screen_level)
+    logger.addHandler(screen)
     return logger
 
 
-def _close_handlers(logger: logging.Logger) -> None:
+def close_logger(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
@@ -245,7 +274,10 @@ def run_experiment(
 
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = _make_logger(out_dir, console, interactive)
+    log = make_logger(
+        f"geomlab.run.{out_dir.resolve()}", out_dir / LOG_FILE, console=console,
+        interactive=interactive,
+    )  # fmt: skip
     manifest: dict[str, Any] = {
         "experiment": experiment.name,
         "preset": preset,
@@ -276,7 +308,7 @@ def run_experiment(
         )
         io.write_json(manifest_path, manifest)
         log.error("run %s: %s", manifest["status"], manifest["error"])
-        _close_handlers(log)
+        close_logger(log)
         raise
 
     status = "complete" if result.gates_passed else "gates_failed"
@@ -293,5 +325,5 @@ def run_experiment(
     # The manifest's final status is written last: it is the completion marker.
     io.write_json(manifest_path, manifest)
     log.info("%s in %.1f s: %s", status, manifest["wall_seconds"], out_dir)
-    _close_handlers(log)
+    close_logger(log)
     return RunOutcome(status, out_dir, result, manifest)

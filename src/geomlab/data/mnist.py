@@ -19,7 +19,6 @@ import importlib.util
 import os
 import shutil
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from geomlab import io
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
@@ -112,13 +113,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = Fa
     """Write a uint8 array as an IDX file (atomically; gzipped if ``compress``)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        raw = header + array.tobytes()
-        tmp.write(gzip.compress(raw, mtime=0) if compress else raw)
-    os.replace(tmp.name, path)
-    return path
+    raw = header + array.tobytes()
+    return io.atomic_write_bytes(Path(path), gzip.compress(raw, mtime=0) if compress else raw)
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -237,6 +233,19 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _ChecksumMismatch(Exception):
+    pass
+
+
+def _fetch(url: str, tmp: Path, expected_md5: str, timeout: float) -> None:
+    """Download ``url`` into ``tmp`` and check its MD5 (the caller renames it into place)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+        shutil.copyfileobj(response, out)
+    actual = _md5(tmp)
+    if actual != expected_md5:
+        raise _ChecksumMismatch(f"MD5 {actual} != expected {expected_md5}")
+
+
 def download_mnist(
     dest: str | os.PathLike | None = None,
     *,
@@ -259,23 +268,13 @@ def download_mnist(
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + name
-            tmp = folder / f".{name}.part"
             try:
-                with (
-                    urllib.request.urlopen(url, timeout=timeout) as response,
-                    open(tmp, "wb") as out,
-                ):
-                    shutil.copyfileobj(response, out)
-            except (urllib.error.URLError, OSError) as error:
+                io.atomic_write(
+                    target, lambda tmp, url=url, md5=expected: _fetch(url, tmp, md5, timeout)
+                )
+            except (urllib.error.URLError, OSError, _ChecksumMismatch) as error:
                 failures.append(f"{url}: {error}")
-                tmp.unlink(missing_ok=True)
                 continue
-            actual = _md5(tmp)
-            if actual != expected:
-                failures.append(f"{url}: MD5 {actual} != expected {expected}")
-                tmp.unlink(missing_ok=True)
-                continue
-            os.replace(tmp, target)
             if log is not None:
                 log(f"downloaded {url}")
             break

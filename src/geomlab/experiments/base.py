@@ -11,12 +11,16 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
-from geomlab.geometry.gates import GateResult
+from geomlab.config import build_config
+
+if TYPE_CHECKING:  # the registry and `geomlab list` import this module without torch
+    import torch
+
+    from geomlab.geometry.gates import GateResult
 
 T = TypeVar("T")
 
@@ -76,8 +80,8 @@ class Experiment:
     run: Callable[[Any, RunContext], RunResult]
     default_preset: str = "paper"
 
-    def make_config(self, preset: str | None = None, overrides: dict[str, Any] | None = None):
+    def make_config(
+        self, preset: str | None = None, overrides: dict[str, Any] | None = None
+    ) -> ExperimentConfig:
         """Preset values, then overrides, validated together (errors name the field)."""
-        from geomlab.config import build_config
-
         return build_config(self, preset or self.default_preset, overrides or {})
