@@ -289,6 +289,9 @@ def data_download(
     mirror: Annotated[
         list[str] | None, typer.Option(help="mirror base URL, tried in order (repeatable)")
     ] = None,
+    deadline: Annotated[
+        float, typer.Option(min=1, help="give up after this many seconds in all")
+    ] = 900.0,
 ) -> None:
     """Download a dataset's files from public mirrors, verifying checksums."""
     from geomlab.data import mnist
@@ -297,8 +300,9 @@ def data_download(
         raise fail(f"unknown dataset {dataset!r}; known: mnist")
     try:
         paths = mnist.download_mnist(
-            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, log=err_console.print
-        )
+            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, deadline=deadline,
+            log=err_console.print,
+        )  # fmt: skip
     except mnist.MNISTDataError as error:
         raise fail(str(error), EXIT_RUN_FAILED) from None
     console.print(f"MNIST ready in [bold]{paths[0].parent}[/]")
