@@ -315,6 +315,30 @@ def test_force_recomputes_a_finished_run(tmp_path):
     assert "E1 seeds: 2/2 done" in second_log and "reusing" not in second_log
 
 
+@pytest.mark.parametrize(
+    ("name", "args", "needle"),
+    [
+        ("e1", ["--set", "seeds=[1,1,2]"], "seeds must be unique"),
+        ("lambda-control", ["--set", "seeds=[1,1,2]"], "seeds must be unique"),
+        ("e1", ["--set", "center_scale=inf"], "center_scale"),
+        ("e1", ["--set", "noise_std=Infinity"], "noise_std"),
+        ("e3", ["--set", "kappa_values=[1,Infinity]"], "kappa_values.1"),
+        ("e1", ["--set", "seeds=[18446744073709551616]"], "seeds.0"),
+        ("e1", ["--set", "data_seed=18446744073709551616"], "data_seed"),
+        ("e1", ["--set", "n_samples=1000000000000"], "n_samples"),
+        ("gradient-rank", ["--set", "seed=18446744073709551616"], "seed"),
+        ("lambda-control", ["--set", "noise_seed=18446744073709551616"], "noise_seed"),
+        ("alignment", ["--set", "ntk_vs_mf_lr=Infinity"], "ntk_vs_mf_lr"),
+    ],
+)
+def test_bad_values_fail_before_the_run_directory_exists(tmp_path, name, args, needle):
+    out = tmp_path / "never"
+    result = runner.invoke(app, ["run", name, "--preset", "quick", *args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert not out.exists()
+
+
 def test_bad_out_is_an_input_error(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("not a directory")

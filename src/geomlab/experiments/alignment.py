@@ -23,7 +23,7 @@ from geomlab.data.spiked import (
     single_index_targets,
     spike_strength,
 )
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult, Seed
 from geomlab.geometry import spectral
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
 from geomlab.models import two_layer
@@ -112,7 +112,7 @@ class Config(ExperimentConfig):
     svd_tol: float = Field(1e-5, gt=0, lt=1, description="top-k stop: Ritz change / sigma_1")
     svd_max_iter: int = Field(300, gt=0, le=100_000)
     dtype: Literal["float32", "float64"] = Field("float32", description="training dtype")
-    seed: int = Field(42, ge=0)
+    seed: Seed = 42
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> Config:

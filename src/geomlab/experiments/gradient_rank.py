@@ -22,7 +22,7 @@ from geomlab.experiments.alignment import (
     draw_shared_init,
     gamma_value,
 )
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult, Seed
 from geomlab.geometry import spectral
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
 from geomlab.models import two_layer
@@ -52,7 +52,7 @@ class Config(ExperimentConfig):
     svd_oversample: int = Field(10, ge=0, le=1000)
     svd_tol: float = Field(1e-8, gt=0, lt=1)
     svd_max_iter: int = Field(500, gt=0, le=100_000)
-    seed: int = Field(0, ge=0, description="seeds used are seed .. seed + n_seeds - 1")
+    seed: Seed = Field(0, description="seeds used are seed .. seed + n_seeds - 1")
 
     @model_validator(mode="after")
     def _rank_fits(self) -> Config:

@@ -19,7 +19,14 @@ from pydantic import Field, field_validator, model_validator
 
 from geomlab import io
 from geomlab.data.mnist import NUM_CLASSES, MNISTTensors, batch_indices, load_mnist
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import (
+    Experiment,
+    ExperimentConfig,
+    RunContext,
+    RunResult,
+    Seed,
+    SeedList,
+)
 from geomlab.geometry import derivatives as deriv
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
 from geomlab.models.mnist_cnn import build_mnist_cnn
@@ -114,9 +121,7 @@ class Config(ExperimentConfig):
         min_length=1,
         description="baseline | global | selective:<classes> (e.g. selective:4,9)",
     )
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0, 1], min_length=1, description="model seeds"
-    )
+    seeds: SeedList = Field(default_factory=lambda: [0, 1], min_length=1, description="model seeds")
     pairs: list[tuple[ClassIndex, ClassIndex]] = Field(
         default_factory=lambda: list(NOTEBOOK_PAIRS),
         min_length=1,
@@ -127,7 +132,7 @@ class Config(ExperimentConfig):
     lr: float = Field(1e-3, gt=0, lt=1, description="Adam learning rate")
     dropout: float = Field(0.5, ge=0, lt=1)
     label_noise: float = Field(0.2, ge=0, le=1, description="fraction of training labels flipped")
-    noise_seed: int = Field(42, ge=0, description="seed of the label noise (the notebook's 42)")
+    noise_seed: Seed = Field(42, description="seed of the label noise (the notebook's 42)")
     reg_scale: float = Field(200.0, ge=0, description="penalty multiplier (notebook run: 200)")
     reg_max_order: int = Field(3, ge=1, le=8, description="Nreg: orders 1..Nreg penalized")
     reg_directions: int = Field(2, ge=1, le=64, description="K_dirs of the penalty")
@@ -146,7 +151,7 @@ class Config(ExperimentConfig):
     test_limit: int | None = Field(None, ge=10, description="first N test images only")
     data_dir: str | None = Field(None, description="folder with MNIST IDX files")
     eval_batch_size: int = Field(1000, ge=1)
-    measurement_seed: int = Field(1234, ge=0, description="seed of λ subsampling and directions")
+    measurement_seed: Seed = Field(1234, description="seed of λ subsampling and directions")
     bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000)
     gate_points: int = Field(8, ge=1, le=256, description="test points of the fast-vs-nested gate")
 
