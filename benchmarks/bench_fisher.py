@@ -14,7 +14,10 @@ import time
 
 import torch
 
-from geomlab.geometry.fisher import softmax_fisher, softmax_fisher_reference
+from geomlab.geometry.curvature import softmax_regression_fisher as softmax_fisher
+from geomlab.geometry.curvature import (
+    softmax_regression_fisher_reference as softmax_fisher_reference,
+)
 
 SIZES = [(1_000, 16), (5_000, 16), (5_000, 32), (20_000, 32), (50_000, 32), (50_000, 64)]
 N_CLASSES = 10

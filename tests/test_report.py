@@ -106,6 +106,26 @@ def test_report_command_rejects_a_directory_that_is_no_run(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_report_names_a_truncated_manifest_or_sweep_file_with_exit_2(sweep_dir, one_run, tmp_path):
+    lone = shutil.copytree(one_run, tmp_path / "lone")
+    (lone / "manifest.json").write_text((lone / "manifest.json").read_text()[:80])
+    copy = shutil.copytree(sweep_dir, tmp_path / "sweep")
+    inner = next(p for p in sorted((copy / "runs").iterdir()) if "data_seed=42" in p.name)
+    (inner / "manifest.json").write_text("{")
+    broken_record = shutil.copytree(sweep_dir, tmp_path / "record")
+    (broken_record / "sweep.json").write_text('{"grid": ')
+    for target, named in [
+        (lone, lone / "manifest.json"),
+        (copy, inner / "manifest.json"),
+        (broken_record, broken_record / "sweep.json"),
+    ]:
+        result = runner.invoke(app, ["report", str(target), "--out", str(tmp_path / "r.html")])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert f"{named} is not valid JSON" in text and "Traceback" not in text
+        assert not (tmp_path / "r.html").exists()
+
+
 PROBE = """<script>
 window.addEventListener("load", () => {
   const images = [...document.images];

@@ -17,21 +17,23 @@ _EXPORTS = {
     "directional_derivatives": "geomlab.geometry.derivatives",
     "fit_lambda": "geomlab.geometry.derivatives",
     "measure_lambda": "geomlab.geometry.derivatives",
-    "categorical_kl": "geomlab.geometry.fisher",
-    "kl_matched_step_size": "geomlab.geometry.fisher",
-    "softmax_fisher": "geomlab.geometry.fisher",
-    "symmetric_pseudo_inverse": "geomlab.geometry.fisher",
+    "categorical_kl": "geomlab.geometry.natural_gradient",
+    "kl_matched_step_size": "geomlab.geometry.natural_gradient",
+    "symmetric_pseudo_inverse": "geomlab.geometry.natural_gradient",
+    "softmax_regression_fisher": "geomlab.geometry.curvature",
+    "softmax_fisher": "geomlab.geometry.fisher",  # former name
     "rescaled_step": "geomlab.geometry.reparam",
     "principal_angles": "geomlab.geometry.spectral",
     "top_singular_triplets": "geomlab.geometry.spectral",
 }
 
 if TYPE_CHECKING:
+    from geomlab.geometry.curvature import softmax_regression_fisher
     from geomlab.geometry.derivatives import directional_derivatives, fit_lambda, measure_lambda
-    from geomlab.geometry.fisher import (
+    from geomlab.geometry.fisher import softmax_fisher
+    from geomlab.geometry.natural_gradient import (
         categorical_kl,
         kl_matched_step_size,
-        softmax_fisher,
         symmetric_pseudo_inverse,
     )
     from geomlab.geometry.reparam import rescaled_step
@@ -47,6 +49,7 @@ __all__ = [
     "principal_angles",
     "rescaled_step",
     "softmax_fisher",
+    "softmax_regression_fisher",
     "symmetric_pseudo_inverse",
     "top_singular_triplets",
 ]

@@ -94,6 +94,10 @@ def run(
     if show_config:
         console.print_json(json.dumps(config.model_dump(mode="json")))
         return
+    from geomlab.sweep import SWEEP_FILE, is_sweep_dir
+
+    if out is not None and is_sweep_dir(out):
+        raise fail(f"{out} is a sweep directory ({SWEEP_FILE}); a run needs its own --out")
     try:
         outcome = run_experiment(
             experiment, config, preset=chosen, out_dir=out, console=err_console, force=force

@@ -8,6 +8,8 @@ import torch
 from geomlab.config import ConfigError
 from geomlab.data.synthetic import gaussian_clusters
 from geomlab.experiments import e1_pareto, get
+from geomlab.geometry.gates import psd_gate_from_eigenvalues
+from geomlab.geometry.natural_gradient import kl_matched_steps
 from geomlab.models import softmax_regression as sr
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "e1_notebook_cpu.json"
@@ -29,12 +31,13 @@ def paper_rows() -> pd.DataFrame:
     for kl_measurement in ("exact", "notebook"):
         for seed in cfg.seed_list:
             weight = sr.init_weights(cfg.n_classes, cfg.n_features, seed=seed)
-            rows, gate = e1_pareto.kl_matched_steps(
-                weight, inputs, labels, eps, rcond=cfg.rcond, gate_rel_tol=cfg.gate_rel_tol,
-                kl_measurement=kl_measurement,
-            )  # fmt: skip
+            pair = kl_matched_steps(
+                weight, inputs, labels, eps, rcond=cfg.rcond, kl_measurement=kl_measurement
+            )
+            gate = psd_gate_from_eigenvalues(pair.pseudo_inverse.eigenvalues,
+                                             rel_tol=1e-7)  # fmt: skip
             assert gate.passed
-            frame = pd.DataFrame(rows)
+            frame = pd.DataFrame(pair.records())
             frame["seed"] = seed
             frame["kl_measurement"] = kl_measurement
             frames.append(frame)
@@ -113,3 +116,34 @@ def test_unknown_key_is_named():
 def test_unknown_preset_lists_choices():
     with pytest.raises(ConfigError, match="paper, quick"):
         get("e1").make_config("huge")
+
+
+def test_runaway_steps_fail_a_gate_and_stay_out_of_the_means(tmp_path, fake_context):
+    config = get("e1").make_config(
+        "quick", {"n_samples": 200, "n_seeds": 2, "epsilon_values": [1e-3, 1e3]}
+    )
+    result = e1_pareto.run(config, fake_context(tmp_path))
+    gate = next(g for g in result.gates if g.name == "kl_runaway")
+    assert not gate.passed and not result.gates_passed
+    assert gate.details["n_runaway"] >= 2 and "1000" in gate.message
+    raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
+    assert len(raw) == 8  # every step is still recorded ...
+    agg = pd.read_csv(tmp_path / "E1_results_aggregated.csv")
+    assert set(agg["epsilon"]) == {1e-3}  # ... but the runaway ones enter no mean
+    summary = json.loads((tmp_path / "E1_summary.json").read_text())
+    assert summary["kl_gate_passed"] is False
+    assert [r["epsilon"] for r in summary["relative_advantage_by_epsilon"]] == [1e-3]
+
+
+def test_float32_passes_gate_a_with_a_dtype_scaled_tolerance(tmp_path, fake_context):
+    config = get("e1").make_config("quick", {"n_samples": 500, "n_seeds": 3, "dtype": "float32"})
+    result = e1_pareto.run(config, fake_context(tmp_path))
+    gates = pd.read_csv(tmp_path / "E1_gate_validation.csv")
+    assert gates["gate_a_passed"].all()
+    assert (gates["rel_tol"] > 1e-5).all()  # P * eps(float32), not the float64 default
+    assert result.summary["kl_gate_passed"] is True
+
+
+def test_kl_band_must_contain_one():
+    with pytest.raises(ConfigError, match="kl_ratio_max"):
+        get("e1").make_config("paper", {"kl_ratio_max": 0.9})

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from geomlab.geometry import reparam
-from geomlab.geometry.fisher import categorical_kl, softmax_fisher
+from geomlab.geometry.curvature import softmax_regression_fisher as softmax_fisher
+from geomlab.geometry.natural_gradient import categorical_kl
 from geomlab.models import softmax_regression as sr
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from geomlab.experiments.base import Experiment, RunContext, RunResult
 from geomlab.experiments.softmax_common import (
@@ -15,9 +16,11 @@ from geomlab.experiments.softmax_common import (
     PositiveFloat,
     load_cluster_data,
 )
-from geomlab.geometry import fisher as fisher_ops
+from geomlab.geometry.curvature import psd_tolerance
 from geomlab.geometry.gates import GateResult, finite_gate, psd_gate_from_eigenvalues
+from geomlab.geometry.natural_gradient import KLMeasurement, kl_matched_steps
 from geomlab.models import softmax_regression as model
+from geomlab.threads import limited_threads, threads_for_dense_size
 
 NOTEBOOK_EPSILONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
@@ -28,79 +31,32 @@ class Config(ClusterSoftmaxConfig):
         min_length=1,
         description="target per-step KLs (each > 0)",
     )
-    gate_rel_tol: float = Field(1e-7, gt=0, lt=1, description="Gate A: min eig >= -tol * max eig")
-    kl_measurement: Literal["exact", "notebook"] = Field(
-        "exact",
+    gate_rel_tol: float | None = Field(
+        None, gt=0, lt=1,
+        description="Gate A: min eig >= -tol * max eig; none: max(1e-7, P * eps(dtype))",
+    )  # fmt: skip
+    kl_measurement: KLMeasurement = Field(
+        KLMeasurement.EXACT,
         description="exact: KL(p_before || p_after); notebook: the notebook's post-step self-KL",
     )
+    kl_ratio_min: float = Field(
+        0.5, gt=0, lt=1, description="KL gate: measured/target KL below this is a runaway step"
+    )
+    kl_ratio_max: float = Field(
+        2.0, gt=1, description="KL gate: measured/target KL above this is a runaway step"
+    )
+
+    @model_validator(mode="after")
+    def _band_is_ordered(self):
+        if not self.kl_ratio_min < 1 < self.kl_ratio_max:
+            raise ValueError("kl_ratio_min < 1 < kl_ratio_max is required")
+        return self
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "quick": {"n_samples": 2000, "n_seeds": 3, "epsilon_values": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]},
 }
-
-
-def notebook_self_kl(logits_after: torch.Tensor) -> torch.Tensor:
-    """The notebook's 'measured KL': both distributions taken *after* the step (its defect),
-    with its 1e-10 guards. Kept only to reproduce the notebook's numbers."""
-    probs = torch.softmax(logits_after, dim=-1)
-    return -(probs * torch.log(probs / (probs + 1e-10) + 1e-10)).sum(-1).mean(-1)
-
-
-def kl_matched_steps(
-    weight: torch.Tensor,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    epsilons: torch.Tensor,
-    *,
-    rcond: float,
-    gate_rel_tol: float,
-    kl_measurement: str = "exact",
-) -> tuple[list[dict[str, Any]], GateResult]:
-    """SGD and NG steps from ``weight`` at every target KL; one Fisher and one eigh per call."""
-    n_classes, n_features = weight.shape
-    loss_before, gradient, probs = model.loss_and_gradient(weight, inputs, labels)
-    fisher = fisher_ops.softmax_fisher(probs, inputs)
-    pinv = fisher_ops.symmetric_pseudo_inverse(fisher, rcond=rcond)
-    gate = psd_gate_from_eigenvalues(
-        pinv.eigenvalues, name="gate_a_fisher_psd", rel_tol=gate_rel_tol
-    )
-    gate.details["fisher_rank"] = pinv.rank
-    natural = pinv.apply(gradient)
-    cos_g_v = float(gradient @ natural / (gradient.norm() * natural.norm()))
-    logits_before = model.logits(weight, inputs)
-
-    rows: list[dict[str, Any]] = []
-    for method, direction in (("sgd", gradient), ("natgrad", natural)):
-        eta = fisher_ops.kl_matched_step_size(direction, fisher, epsilons)  # (E,)
-        weights_after = weight - eta[:, None, None] * direction.reshape(n_classes, n_features)
-        logits_after = model.logits(weights_after, inputs)  # (E, N, C)
-        losses_after = torch.stack(
-            [torch.nn.functional.cross_entropy(z, labels) for z in logits_after]
-        )
-        if kl_measurement == "exact":
-            kl_step = fisher_ops.categorical_kl(logits_before, logits_after)
-        else:
-            kl_step = notebook_self_kl(logits_after)
-        for i, eps in enumerate(epsilons.tolist()):
-            rows.append(
-                {
-                    "epsilon": eps,
-                    "method": method,
-                    "loss_before": float(loss_before),
-                    "loss_after": float(losses_after[i]),
-                    "delta_loss": float(loss_before - losses_after[i]),
-                    "kl_step": float(kl_step[i]),
-                    "kl_target": eps,
-                    "kl_ratio": float(kl_step[i]) / eps,
-                    "eta": float(eta[i]),
-                    "grad_norm": float(gradient.norm()),
-                    "direction_norm": float(direction.norm()),
-                    "cos_g_v": cos_g_v if method == "natgrad" else float("nan"),
-                }
-            )
-    return rows, gate
 
 
 RAW_COLUMNS = [
@@ -139,33 +95,61 @@ def relative_advantage(raw: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def run(config: Config, ctx: RunContext) -> RunResult:
+def kl_runaway_gate(raw: pd.DataFrame, config: Config) -> tuple[GateResult, pd.Series]:
+    """Runaway steps: a measured/target KL outside [kl_ratio_min, kl_ratio_max] (exact KL only;
+    the notebook's self-KL is ~1e-9 by its defect) or a non-finite loss/KL. Returns the gate and
+    a per-row mask of rows that may enter the means."""
+    numeric = raw[["loss_before", "loss_after", "delta_loss", "kl_step", "kl_ratio", "eta"]]
+    ok = pd.Series(np.isfinite(numeric.to_numpy(dtype=float)).all(axis=1), index=raw.index)
+    if config.kl_measurement is KLMeasurement.EXACT:
+        ok &= raw["kl_ratio"].between(config.kl_ratio_min, config.kl_ratio_max)
+    bad = raw.loc[~ok, ["seed", "epsilon", "method", "kl_ratio"]]
+    passed = bad.empty
+    band = f"[{config.kl_ratio_min:g}, {config.kl_ratio_max:g}]"
+    message = (
+        f"PASS: every measured/target KL in {band} and finite"
+        if passed
+        else f"FAIL: {len(bad)} of {len(raw)} steps ran away (KL ratio outside {band} or "
+        f"non-finite), e.g. seed {bad.iloc[0]['seed']} eps {bad.iloc[0]['epsilon']:g} "
+        f"{bad.iloc[0]['method']}: ratio {bad.iloc[0]['kl_ratio']:.3g}; left out of all means"
+    )
+    details = {"n_runaway": len(bad), "kl_ratio_min": config.kl_ratio_min,
+               "kl_ratio_max": config.kl_ratio_max}  # fmt: skip
+    return GateResult("kl_runaway", passed, message, details=details), ok
+
+
+def one_seed(
+    config: Config, seed: int, inputs: torch.Tensor, labels: torch.Tensor, epsilons: torch.Tensor
+) -> dict[str, Any]:
+    """E1's step pair from one seed's initial weights, and its Gate A."""
     dtype = config.torch_dtype
+    weight = model.init_weights(config.n_classes, config.n_features, seed=seed, dtype=dtype)
+    pair = kl_matched_steps(weight.to(inputs.device), inputs, labels, epsilons,
+                            rcond=config.rcond, kl_measurement=config.kl_measurement)  # fmt: skip
+    size = config.n_classes * config.n_features
+    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=dtype, size=size, default=1e-7)
+    gate = psd_gate_from_eigenvalues(
+        pair.pseudo_inverse.eigenvalues, name="gate_a_fisher_psd", rel_tol=rel_tol,
+        scope=f"seed={seed}",
+    )  # fmt: skip
+    gate.details["fisher_rank"] = pair.pseudo_inverse.rank
+    return {"rows": [{"seed": seed, **row} for row in pair.records()], "gate": asdict(gate)}
+
+
+def run(config: Config, ctx: RunContext) -> RunResult:
     inputs, labels = load_cluster_data(config, ctx.device)
-    epsilons = torch.tensor(config.epsilon_values, dtype=dtype, device=ctx.device)
+    epsilons = torch.tensor(config.epsilon_values, dtype=config.torch_dtype, device=ctx.device)
     ctx.log.info(
         "data: %d x %d, %d classes; %d seeds x %d target KLs",
         *inputs.shape, config.n_classes, len(config.seed_list), len(epsilons),
     )  # fmt: skip
-
-    def one_seed(seed: int) -> dict[str, Any]:
-        weight = model.init_weights(config.n_classes, config.n_features, seed=seed, dtype=dtype)
-        rows, gate = kl_matched_steps(
-            weight.to(ctx.device),
-            inputs,
-            labels,
-            epsilons,
-            rcond=config.rcond,
-            gate_rel_tol=config.gate_rel_tol,
-            kl_measurement=config.kl_measurement,
-        )
-        gate.scope = f"seed={seed}"
-        return {"rows": [{"seed": seed, **row} for row in rows], "gate": asdict(gate)}
-
-    per_seed = [
-        ctx.cached(f"seed_{seed}", lambda seed=seed: one_seed(seed))
-        for seed in ctx.progress(config.seed_list, description="E1 seeds")
-    ]
+    threads = threads_for_dense_size(config.n_classes * config.n_features, ctx.device)
+    with limited_threads(threads):  # small dense eigensolves: one thread (see geomlab.threads)
+        per_seed = [
+            ctx.cached(f"seed_{seed}",
+                       lambda seed=seed: one_seed(config, seed, inputs, labels, epsilons))
+            for seed in ctx.progress(config.seed_list, description="E1 seeds")
+        ]  # fmt: skip
     raw = pd.DataFrame([row for item in per_seed for row in item["rows"]], columns=RAW_COLUMNS)
     gates = [GateResult(**item["gate"]) for item in per_seed]
     gate_rows = pd.DataFrame([gate.as_row() for gate in gates])
@@ -173,10 +157,15 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     gate_rows = gate_rows.rename(columns={"passed": "gate_a_passed"})
     numeric = raw[["loss_before", "loss_after", "delta_loss", "kl_step", "eta"]]
     finite = finite_gate({"raw results": torch.tensor(numeric.to_numpy())}, name="finite_results")
-    gates.append(finite)
+    runaway, in_band = kl_runaway_gate(raw, config)
+    gates += [finite, runaway]
+    if not runaway.passed:
+        ctx.log.error("%s", runaway.message)
 
-    agg = aggregate(raw)
-    advantage = relative_advantage(raw)
+    agg = aggregate(raw[in_band])
+    # A (seed, epsilon) pair with a runaway step of either method is left out of the advantage.
+    pair_ok = in_band.groupby([raw["seed"], raw["epsilon"]]).transform("all")
+    advantage = relative_advantage(raw[pair_ok])
     ctx.write_csv("E1_results_raw.csv", raw)
     ctx.write_csv("E1_results_aggregated.csv", agg)
     ctx.write_csv("E1_gate_validation.csv", gate_rows)
@@ -189,6 +178,8 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         "gate_a_pass_rate": float(gate_rows["gate_a_passed"].mean()),
         "gate_a_failed_seeds": gate_rows.loc[~gate_rows["gate_a_passed"], "seed"].tolist(),
         "results_finite": finite.passed,
+        "kl_gate_passed": runaway.passed,
+        "n_runaway_steps": runaway.details["n_runaway"],
         "mean_relative_advantage_pct": float(advantage["advantage_pct"].mean()),
         "min_advantage_pct": float(advantage["advantage_pct"].min()),
         "max_advantage_pct": float(advantage["advantage_pct"].max()),
@@ -200,7 +191,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     }
     ctx.write_json("E1_summary.json", summary)
 
-    if finite.passed:
+    if finite.passed and len(agg):
         from geomlab.plots.e1 import pareto_figure
 
         ctx.save_figure(pareto_figure(agg, advantage), "E1_figure")

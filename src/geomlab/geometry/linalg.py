@@ -1,37 +1,27 @@
-"""Symmetric eigendecompositions that stay fast when the CPU is shared.
+"""Symmetric eigendecompositions used by the geometry layer.
 
-LAPACK's threaded eigensolvers gain nothing on small matrices, and on a busy machine their
-OpenMP barriers can make a 160 x 160 ``eigh`` a hundred times slower (measured here: 5 ms
-single-threaded vs 0.65 s with 2 threads under load). Small CPU problems run single-threaded.
+Plain calls into ``torch.linalg`` that change no process-wide state. On a shared CPU, small
+eigensolves are fastest single-threaded; the experiment edge arranges that with
+:func:`geomlab.threads.limited_threads` (see that module for the measurement).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
-
-SINGLE_THREAD_MAX_SIZE = 512
-
-
-@contextmanager
-def _threads_for(matrix: torch.Tensor):
-    if matrix.device.type != "cpu" or matrix.shape[-1] > SINGLE_THREAD_MAX_SIZE:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with _threads_for(matrix):
-        return torch.linalg.eigh(matrix)
+    """Eigenvalues (ascending) and orthonormal eigenvectors (columns) of a symmetric matrix.
+
+    Args:
+        matrix: ``(n, n)`` symmetric (only its lower triangle is read, as in LAPACK).
+
+    Returns:
+        ``(eigenvalues (n,), eigenvectors (n, n))`` with ``matrix = V diag(w) V^T``.
+    """
+    return torch.linalg.eigh(matrix)
 
 
 def eigvalsh(matrix: torch.Tensor) -> torch.Tensor:
-    with _threads_for(matrix):
-        return torch.linalg.eigvalsh(matrix)
+    """Eigenvalues (ascending) of a symmetric matrix (lower triangle read)."""
+    return torch.linalg.eigvalsh(matrix)
