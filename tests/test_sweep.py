@@ -25,9 +25,24 @@ from geomlab.sweep.driver import previous_sweep
 
 runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src"
-# Tiny E1 runs; a data seed beyond 64 bits passes validation and fails inside the run.
+# Tiny E1 runs. The runs of data seed FAILING_SEED fail inside the run: a resume piece that is
+# not E1's is planted in each of their run directories (a seed beyond 64 bits, used for this
+# before, is now refused when the config is validated).
 TINY = ["--preset", "quick", "--set", "n_samples=200", "--set", "epsilon_values=[1e-3,1e-2]"]
-OVERFLOW_SEED = 2**70
+FAILING_SEED = 43
+TINY_OVERRIDES = {"n_samples": 200, "epsilon_values": [1e-3, 1e-2]}
+
+
+def plant_failing_pieces(out: Path, grid: dict, seeds: list[int]) -> None:
+    """Each run of data_seed FAILING_SEED finds a piece it cannot use (KeyError inside E1)."""
+    _, runs = sweep.expand(sweep.SweepSpec("e1", "quick", TINY_OVERRIDES, grid, seeds=seeds))
+    for run in runs:
+        if run.point["data_seed"] == FAILING_SEED:
+            piece = out / "runs" / run.name / ".partial" / run.config_hash / f"seed_{run.seed}.json"
+            piece.parent.mkdir(parents=True, exist_ok=True)
+            piece.write_text("{}")
+
+
 # Waits are on events (a run completes, a process exits); this only stops a hung test.
 HANG_GUARD_S = 1800
 
@@ -260,10 +275,11 @@ def test_aggregate_over_seeds_per_grid_point():
 
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory) -> Path:
-    """2 rcond x 2 data seeds (one overflows inside the run) x 2 seeds = 8 runs, 4 fail."""
+    """2 rcond x 2 data seeds (one fails inside the run) x 2 seeds = 8 runs, 4 fail."""
     out = tmp_path_factory.mktemp("sweeps") / "local"
+    plant_failing_pieces(out, {"rcond": [1e-8, 1e-6], "data_seed": [42, FAILING_SEED]}, [0, 1])
     args = ["sweep", "e1", *TINY, "--grid", "rcond=1e-8,1e-6",
-            "--grid", f"data_seed=42,{OVERFLOW_SEED}", "--seeds", "0-1", "--workers", "2",
+            "--grid", f"data_seed=42,{FAILING_SEED}", "--seeds", "0-1", "--workers", "2",
             "--threads", "1", "--out", str(out)]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 3, result.output  # some runs failed
@@ -273,7 +289,7 @@ def local_sweep(tmp_path_factory) -> Path:
 
 def test_sweep_writes_runs_table_with_config_status_metrics_and_time(local_sweep):
     spec = json.loads((local_sweep / "sweep.json").read_text())
-    assert spec["grid"] == {"data_seed": [42, OVERFLOW_SEED], "rcond": [1e-8, 1e-6]}
+    assert spec["grid"] == {"data_seed": [42, FAILING_SEED], "rcond": [1e-8, 1e-6]}
     assert spec["seeds"] == [0, 1] and spec["seed_field"] == "seeds"
     runs = pd.read_csv(local_sweep / "runs.csv")
     assert len(runs) == 8 and list(runs["run"]) == [r["name"] for r in spec["runs"]]
@@ -287,7 +303,7 @@ def test_sweep_writes_runs_table_with_config_status_metrics_and_time(local_sweep
     assert good["mean_relative_advantage_pct"].notna().all() and (good["wall_seconds"] > 0).all()
     assert good["error"].isna().all()
     assert bad["error"].str.contains("Traceback").all()
-    assert bad["error"].str.contains("Overflow").all()
+    assert bad["error"].str.contains("KeyError").all()
     assert sorted(runs["rcond"].unique()) == [1e-8, 1e-6]  # CSV floats read back as given
     assert "Traceback" in (local_sweep / "sweep.log").read_text()
 
@@ -300,7 +316,7 @@ def test_sweep_writes_runs_table_with_config_status_metrics_and_time(local_sweep
         raw = pd.read_csv(local_sweep / "runs" / row.run / "E1_results_raw.csv")
         assert list(raw["seed"].unique()) == [row.seed]
     for row in bad.itertuples():
-        assert "Overflow" in (local_sweep / "runs" / row.run / "traceback.txt").read_text()
+        assert "KeyError" in (local_sweep / "runs" / row.run / "traceback.txt").read_text()
 
     agg = pd.read_csv(local_sweep / "aggregate.csv")
     assert len(agg) == 2 and list(agg["n_runs"]) == [2, 2]  # failed points are left out
@@ -313,7 +329,7 @@ def test_rerun_skips_finished_runs_and_reruns_failed_ones(local_sweep):
     outcome = sweep.run_sweep(
         sweep.SweepSpec(
             "e1", "quick", {"n_samples": 200, "epsilon_values": [1e-3, 1e-2]},
-            {"rcond": [1e-8, 1e-6], "data_seed": [42, OVERFLOW_SEED]}, seeds=[0, 1],
+            {"rcond": [1e-8, 1e-6], "data_seed": [42, FAILING_SEED]}, seeds=[0, 1],
         ),
         out_dir=local_sweep, workers=1, interactive=False,
     )  # fmt: skip
@@ -339,7 +355,7 @@ def test_a_corrupt_run_manifest_is_named_and_the_run_redone(local_sweep):
     outcome = sweep.run_sweep(
         sweep.SweepSpec(
             "e1", "quick", {"n_samples": 200, "epsilon_values": [1e-3, 1e-2]},
-            {"rcond": [1e-8, 1e-6], "data_seed": [42, OVERFLOW_SEED]}, seeds=[0, 1],
+            {"rcond": [1e-8, 1e-6], "data_seed": [42, FAILING_SEED]}, seeds=[0, 1],
         ),
         out_dir=local_sweep, workers=1, threads=1, interactive=False,
     )  # fmt: skip

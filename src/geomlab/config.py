@@ -71,9 +71,12 @@ def check_keys(
 def format_validation_error(error: ValidationError, values: dict[str, Any]) -> str:
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<config>"
+        field = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{field}'")
+            continue
+        if not field:  # a check across fields: its message names them
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
             continue
         given = item.get("input")
         lines.append(f"field '{field}': {item['msg']} (got {given!r})")

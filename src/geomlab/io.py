@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX))  # mkstemp's names
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,14 +88,39 @@ def to_jsonable(obj: Any, *, keep_non_finite: bool = False) -> Any:
     return obj
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    """Strict JSON (NaN and infinities written as null), atomically."""
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+class CorruptFileError(ValueError):
+    """A file geomlab wrote cannot be read back (truncated, not JSON); the message names it."""
+
+
+def write_json(path: Path, obj: Any, *, keep_non_finite: bool = False) -> Path:
+    """JSON, atomically. Strict by default (NaN and infinities written as null); with
+    ``keep_non_finite`` they are written as ``NaN``/``Infinity`` (Python's JSON extension,
+    which :func:`read_json` reads back): for files only geomlab reads, such as resume pieces,
+    where a NaN must stay a NaN."""
+    value = to_jsonable(obj, keep_non_finite=keep_non_finite)
+    text = json.dumps(value, indent=2, allow_nan=keep_non_finite) + "\n"
     return atomic_write_text(path, text)
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON file; a truncated or garbled one raises :class:`CorruptFileError` naming
+    it (a missing one raises FileNotFoundError as usual)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error})") from None
+
+
+def remove_orphaned_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files :func:`atomic_write` left under ``folder`` when its process was
+    killed (``.<name>.<random>.tmp``). Call it only while no one else writes there."""
+    removed = []
+    for path in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}")):
+        if _TMP_NAME.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_csv(path: Path, frame: Any) -> Path:

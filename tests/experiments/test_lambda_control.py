@@ -132,8 +132,12 @@ def test_resume_does_not_retrain_and_gives_identical_tables(tiny_run, monkeypatc
         raise AssertionError("a finished model was retrained")
 
     monkeypatch.setattr(lc.experiment, "train_model", refuse)
+    # Re-enter the run as an interrupted one (--force would now recompute every piece).
+    manifest_path = outcome.out_dir / "manifest.json"
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()),
+                                         "status": "interrupted"}))  # fmt: skip
     again = run_experiment(
-        get("lambda-control"), config, preset="quick", out_dir=outcome.out_dir, force=True,
+        get("lambda-control"), config, preset="quick", out_dir=outcome.out_dir,
         interactive=False,
     )  # fmt: skip
     assert again.status == "complete"

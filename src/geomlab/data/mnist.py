@@ -17,8 +17,8 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import shutil
 import struct
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -237,10 +237,27 @@ class _ChecksumMismatch(Exception):
     pass
 
 
-def _fetch(url: str, tmp: Path, expected_md5: str, timeout: float) -> None:
-    """Download ``url`` into ``tmp`` and check its MD5 (the caller renames it into place)."""
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-        shutil.copyfileobj(response, out)
+class _DeadlineExceeded(Exception):
+    pass
+
+
+def _fetch(url: str, tmp: Path, expected_md5: str, timeout: float, deadline: float) -> None:
+    """Download ``url`` into ``tmp`` and check its MD5 (the caller renames it into place).
+
+    ``timeout`` bounds each network read; ``deadline`` (a ``time.monotonic()`` instant) bounds
+    the whole download, checked after every read, so a mirror that drips bytes cannot hold it
+    for longer than the deadline plus one read."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _DeadlineExceeded
+    with (
+        urllib.request.urlopen(url, timeout=min(timeout, remaining)) as response,
+        open(tmp, "wb") as out,
+    ):
+        while chunk := response.read1(1 << 16):
+            out.write(chunk)
+            if time.monotonic() > deadline:
+                raise _DeadlineExceeded
     actual = _md5(tmp)
     if actual != expected_md5:
         raise _ChecksumMismatch(f"MD5 {actual} != expected {expected_md5}")
@@ -252,11 +269,19 @@ def download_mnist(
     mirrors: Sequence[str] = DEFAULT_MIRRORS,
     checksums: Mapping[str, str] = MNIST_MD5,
     timeout: float = 60.0,
+    deadline: float = 900.0,
     log=None,
 ) -> list[Path]:
     """Download the four gzipped IDX files into ``<dest>/mnist`` (default ``$GEOMLAB_DATA`` or
     ``~/.cache/geomlab``), trying mirrors in order and verifying each file's MD5. Files already
-    present with the right checksum are kept. Returns the file paths."""
+    present with the right checksum are kept. Returns the file paths.
+
+    ``timeout`` (seconds) bounds each network read, ``deadline`` (seconds) the whole call: past
+    it the download stops with :class:`MNISTDataError`. A failed or stopped download leaves no
+    partial file behind (each is written through :func:`geomlab.io.atomic_write`)."""
+    if not deadline > 0:
+        raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
+    until = time.monotonic() + deadline
     folder = (Path(dest).expanduser() if dest is not None else default_data_root()) / "mnist"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -270,8 +295,15 @@ def download_mnist(
             url = mirror.rstrip("/") + "/" + name
             try:
                 io.atomic_write(
-                    target, lambda tmp, url=url, md5=expected: _fetch(url, tmp, md5, timeout)
+                    target,
+                    lambda tmp, url=url, md5=expected: _fetch(url, tmp, md5, timeout, until),
                 )
+            except _DeadlineExceeded:
+                raise MNISTDataError(
+                    f"downloading MNIST took longer than its deadline of {deadline:g} s (at "
+                    f"{url}); nothing partial was kept: retry, pick a faster --mirror or give "
+                    "a longer --deadline"
+                ) from None
             except (urllib.error.URLError, OSError, _ChecksumMismatch) as error:
                 failures.append(f"{url}: {error}")
                 continue

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geomlab.data.spiked import spike_strength
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult, Seed
 from geomlab.geometry import gd_tracking, spectral
 from geomlab.geometry.gates import (
     GateResult,
@@ -133,7 +133,7 @@ class Config(ExperimentConfig):
     svd_tol: float = Field(1e-5, gt=0, lt=1, description="top-k stop: Ritz change / sigma_1")
     svd_max_iter: int = Field(300, gt=0, le=100_000)
     dtype: Literal["float32", "float64"] = Field("float32", description="training dtype")
-    seed: int = Field(42, ge=0)
+    seed: Seed = 42
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> Config:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult, Seed
 from geomlab.geometry import gd_tracking, spectral
 from geomlab.geometry.gates import (
     GateResult,
@@ -51,7 +51,7 @@ class Config(ExperimentConfig):
     svd_oversample: int = Field(10, ge=0, le=1000)
     svd_tol: float = Field(1e-8, gt=0, lt=1)
     svd_max_iter: int = Field(500, gt=0, le=100_000)
-    seed: int = Field(0, ge=0, description="seeds used are seed .. seed + n_seeds - 1")
+    seed: Seed = Field(0, description="seeds used are seed .. seed + n_seeds - 1")
 
     @model_validator(mode="after")
     def _rank_fits(self) -> Config:
