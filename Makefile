@@ -29,12 +29,12 @@ demo: $(STAMP)
 	@echo "demo results are in $(DEMO_OUT)/ (open $(DEMO_OUT)/report.html, or: $(BIN)/geomlab show $(DEMO_OUT)/e1)"
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks

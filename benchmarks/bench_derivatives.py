@@ -1,11 +1,14 @@
 """Derivative engine speed: plain vs regularized training steps and λ measurement, fast path
-vs nested-autograd reference, on the notebook CNN (1,199,882 parameters).
+vs nested-autograd reference, on the notebook CNN (1,199,882 parameters; cumulant path) and on
+its GELU variant (Taylor mode).
 
     python benchmarks/bench_derivatives.py [--batch 128] [--directions 2] [--orders 3]
-        [--repeats 5] [--device cpu|cuda] [--threads N]
+        [--repeats 5] [--lambda-points 200] [--device cpu|cuda] [--threads N] [--skip-relu]
 
 Timings are interleaved (plain, fast, nested, plain, ...) and the median is reported, so a
-machine-wide slowdown hits every variant alike. Prints ratios to the plain step.
+machine-wide slowdown hits every variant alike. Prints ratios to the plain step. Targets
+(issue 12): GELU penalized step ≤ 7× a plain step; GELU λ measurement ≥ 15× faster than nested;
+the notebook CNN's ratio no worse than 2.0×.
 """
 
 from __future__ import annotations
@@ -15,9 +18,21 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from geomlab.geometry import derivatives as deriv
 from geomlab.models.mnist_cnn import MNISTConvNet, build_mnist_cnn
+
+
+class GeluCNN(MNISTConvNet):
+    """The notebook CNN with GELU in place of ReLU (smooth: Taylor mode, no linearization)."""
+
+    def forward(self, x):
+        x = F.gelu(self.conv1(x))
+        x = F.max_pool2d(F.gelu(self.conv2(x)), 2)
+        x = torch.flatten(self.dropout1(x), 1)
+        x = self.dropout2(F.gelu(self.fc1(x)))
+        return self.fc2(x)
 
 
 class GenericJVPCNN(MNISTConvNet):
@@ -60,64 +75,16 @@ def time_interleaved(variants: dict, repeats: int, device) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--directions", type=int, default=2)
-    parser.add_argument("--orders", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--lambda-points", type=int, default=200)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(args.batch, 1, 28, 28, generator=generator).to(device)
-    labels = torch.randint(0, 10, (args.batch,), generator=generator).to(device)
-    model = build_mnist_cnn(seed=0, device=device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    assert deriv.resolve_method(model, inputs, "auto") == "fast"
-    generic = GenericJVPCNN().to(device).train()
-    generic.load_state_dict(model.state_dict())
-    generic_optimizer = torch.optim.Adam(generic.parameters(), lr=1e-4)
-    dir_gen = torch.Generator(device=device).manual_seed(1)
-    common = dict(orders=args.orders, directions=args.directions, gen=dir_gen)
-    selective = (4, 9)
-    variants = {
-        "plain": make_step(model, optimizer, inputs, labels, method="fast", targets=(), **common),
-        "global fast": make_step(
-            model, optimizer, inputs, labels, method="fast", targets=None, **common
-        ),
-        "global fast, generic jvp": make_step(
-            generic, generic_optimizer, inputs, labels, method="fast", targets=None, **common
-        ),
-        "global nested": make_step(
-            model, optimizer, inputs, labels, method="nested", targets=None, **common
-        ),
-        "selective 4,9 fast": make_step(
-            model, optimizer, inputs, labels, method="fast", targets=selective, **common
-        ),
-        "selective 4,9 nested": make_step(
-            model, optimizer, inputs, labels, method="nested", targets=selective, **common
-        ),
-    }
-    print(
-        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; batch"
-        f" {args.batch}, K_dirs {args.directions}, orders 1..{args.orders}; median of"
-        f" {args.repeats} interleaved repeats"
-    )
-    step_times = time_interleaved(variants, args.repeats, device)
+def step_table(variants: dict, repeats: int, device) -> dict[str, float]:
+    step_times = time_interleaved(variants, repeats, device)
     plain = step_times["plain"]
     print(f"{'training step':<28}{'seconds':>10}{'x plain':>10}")
     for name, seconds in step_times.items():
         print(f"{name:<28}{seconds:>10.4f}{seconds / plain:>10.2f}")
-    print(
-        f"fast vs nested (global): {step_times['global nested'] / step_times['global fast']:.2f}x"
-        " faster"
-    )
+    return step_times
 
+
+def lambda_timing(model, args, generator, device, repeats) -> dict[str, float]:
     model.eval()
     points = torch.randn(args.lambda_points, 1, 28, 28, generator=generator).to(device)
     point_labels = torch.tensor([4, 9], device=device).repeat((args.lambda_points + 1) // 2)[
@@ -135,9 +102,101 @@ def main() -> None:
 
         return run
 
-    lam = time_interleaved(
-        {"fast": measure("fast"), "nested": measure("nested")}, max(2, args.repeats // 2), device
+    return time_interleaved({"fast": measure("fast"), "nested": measure("nested")}, repeats, device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--directions", type=int, default=2)
+    parser.add_argument("--orders", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lambda-points", type=int, default=200)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-relu", action="store_true", help="only the GELU variant")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(args.batch, 1, 28, 28, generator=generator).to(device)
+    labels = torch.randint(0, 10, (args.batch,), generator=generator).to(device)
+    dir_gen = torch.Generator(device=device).manual_seed(1)
+    common = dict(orders=args.orders, directions=args.directions, gen=dir_gen)
+    selective = (4, 9)
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; batch"
+        f" {args.batch}, K_dirs {args.directions}, orders 1..{args.orders}; median of"
+        f" {args.repeats} interleaved repeats"
     )
+
+    # --- GELU variant: Taylor mode ---
+    torch.manual_seed(0)
+    gelu = GeluCNN().to(device).train()
+    gelu_optimizer = torch.optim.Adam(gelu.parameters(), lr=1e-4)
+    assert deriv.resolve_method(gelu, inputs, "auto") == "fast"
+    assert deriv.choose_fast_path(gelu, inputs) == "taylor"
+    print("\nGELU variant of the notebook CNN (Taylor mode)")
+    g = step_table(
+        {
+            "plain": make_step(gelu, gelu_optimizer, inputs, labels, method="fast", targets=(),
+                               **common),
+            "global taylor": make_step(gelu, gelu_optimizer, inputs, labels, method="fast",
+                                       targets=None, **common),
+            "global nested": make_step(gelu, gelu_optimizer, inputs, labels, method="nested",
+                                       targets=None, **common),
+            "selective 4,9 taylor": make_step(gelu, gelu_optimizer, inputs, labels,
+                                              method="fast", targets=selective, **common),
+        },
+        args.repeats,
+        device,
+    )  # fmt: skip
+    print(
+        f"GELU: penalized step {g['global taylor'] / g['plain']:.2f}x a plain step (target"
+        f" <= 7x); nested {g['global nested'] / g['plain']:.1f}x;"
+        f" taylor {g['global nested'] / g['global taylor']:.1f}x faster than nested"
+    )
+    lam = lambda_timing(gelu, args, generator, device, max(2, args.repeats // 2))
+    print(
+        f"GELU λ measurement ({args.lambda_points} points, n_max 4, 4 directions, no grad):"
+        f" taylor {lam['fast']:.3f} s, nested {lam['nested']:.3f} s ->"
+        f" {lam['nested'] / lam['fast']:.1f}x faster (target >= 15x)"
+    )
+    if args.skip_relu:
+        return
+
+    # --- the notebook CNN: cumulant path ---
+    model = build_mnist_cnn(seed=0, device=device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    assert deriv.resolve_method(model, inputs, "auto") == "fast"
+    generic = GenericJVPCNN().to(device).train()
+    generic.load_state_dict(model.state_dict())
+    generic_optimizer = torch.optim.Adam(generic.parameters(), lr=1e-4)
+    print("\nThe notebook CNN (ReLU; cumulant path)")
+    step_times = step_table(
+        {
+            "plain": make_step(model, optimizer, inputs, labels, method="fast", targets=(),
+                               **common),
+            "global fast": make_step(model, optimizer, inputs, labels, method="fast",
+                                     targets=None, **common),
+            "global fast, generic jvp": make_step(generic, generic_optimizer, inputs, labels,
+                                                  method="fast", targets=None, **common),
+            "global nested": make_step(model, optimizer, inputs, labels, method="nested",
+                                       targets=None, **common),
+            "selective 4,9 fast": make_step(model, optimizer, inputs, labels, method="fast",
+                                            targets=selective, **common),
+            "selective 4,9 nested": make_step(model, optimizer, inputs, labels,
+                                              method="nested", targets=selective, **common),
+        },
+        args.repeats,
+        device,
+    )  # fmt: skip
+    print(
+        f"fast vs nested (global): {step_times['global nested'] / step_times['global fast']:.2f}x"
+        f" faster; penalized step {step_times['global fast'] / step_times['plain']:.2f}x plain"
+    )
+    lam = lambda_timing(model, args, generator, device, max(2, args.repeats // 2))
     print(
         f"λ measurement ({args.lambda_points} points, n_max 4, 4 directions): fast"
         f" {lam['fast']:.3f} s, nested {lam['nested']:.3f} s ->"

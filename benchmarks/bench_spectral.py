@@ -25,9 +25,10 @@ import time
 import torch
 
 from geomlab.experiments import alignment
-from geomlab.experiments.alignment import draw_problem, draw_shared_init
 from geomlab.geometry import spectral
+from geomlab.geometry.gd_tracking import draw_problem, draw_shared_init
 from geomlab.models import two_layer
+from geomlab.models.two_layer import Activation, OuterInit
 
 SIZES = [(250, 312, 188), (500, 625, 375), (1000, 1250, 750)]  # (d, k, N), notebook last
 
@@ -53,10 +54,10 @@ def bench_size(
     d: int, k: int, n: int, *, epochs: int, top_k: int, oversample: int, tol: float
 ) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
-    q, W0, a = draw_shared_init(d=d, k=k, outer_init="rademacher", generator=generator,
+    q, W0, a = draw_shared_init(d=d, k=k, outer_init=OuterInit.RADEMACHER, generator=generator,
                                 dtype=torch.float32)  # fmt: skip
     problem = draw_problem(
-        q=q, W0=W0, a=a, teacher="sigmoid", n_train=n, n_test=n, nu=0.125, alpha=0.0,
+        q=q, W0=W0, a=a, teacher=Activation.SIGMOID, n_train=n, n_test=n, nu=0.125, alpha=0.0,
         label_noise=1.0, generator=generator, device=torch.device("cpu"),
     )  # fmt: skip
     gamma, lr = 1 / math.sqrt(k), 2 * math.sqrt(k)
@@ -71,13 +72,14 @@ def bench_size(
     previous_v = None
     totals = {"gradient": 0.0, "reference": 0.0, "fast": 0.0}
     worst_sv_error, worst_cos, worst_norm_error = 0.0, 1.0, 0.0
+    relu = Activation.RELU
     for _ in range(epochs):
         (gradient, _), t_grad = _timed(
             lambda W=W: (
                 two_layer.inner_weight_gradient(
-                    problem.x, problem.y, W, problem.a, activation="relu", scale=gamma
+                    problem.x, problem.y, W, problem.a, activation=relu, scale=gamma
                 )[0],
-                two_layer.forward(problem.x_test, W, problem.a, activation="relu", scale=gamma),
+                two_layer.forward(problem.x_test, W, problem.a, activation=relu, scale=gamma),
             )
         )
         _, t_ref = _timed(

@@ -46,7 +46,17 @@ def collect() -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, preset in RUNS:
             out = Path(tmp) / f"{name}-{preset}"
-            cmd = [str(geomlab), "run", name, "--preset", preset, "--out", str(out), "--device", "cpu"]
+            cmd = [
+                str(geomlab),
+                "run",
+                name,
+                "--preset",
+                preset,
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
             print("+", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             for csv in sorted(out.rglob("*.csv")):

@@ -11,6 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from geomlab.cli import app
+from geomlab.experiments import get
+from geomlab.runner import config_hash
 
 runner = CliRunner()
 RAW_COLUMNS = [
@@ -149,7 +151,9 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "geomlab.cli", "run", "e1", "--preset", "quick",
            "--set", "n_seeds=80", "--set", "n_samples=2000", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = out / ".partial"
+    experiment = get("e1")
+    config = experiment.make_config("quick", {"n_seeds": 80, "n_samples": 2000})
+    partial = out / ".partial" / config_hash("e1", config)  # pieces are keyed by config
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if partial.exists() and len(list(partial.glob("seed_*.json"))) >= 3:
@@ -173,3 +177,183 @@ def test_killed_run_leaves_nothing_that_looks_complete_and_resumes(tmp_path):
     assert "reusing finished seed_" in (out / "run.log").read_text()
     raw = pd.read_csv(out / "E1_results_raw.csv")
     assert sorted(raw["seed"].unique()) == list(range(80))
+
+
+# --- issue 13: one writer per directory, --force, validation first, clean failures -------------
+
+E1_SLOW = ["e1", "--preset", "quick", "--set", "n_seeds=10000", "--set", "n_samples=2000"]
+E1_80 = ["e1", "--preset", "quick", "--set", "n_seeds=80", "--set", "n_samples=2000"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "geomlab.cli", *args]
+
+
+def _spawn(args: list[str], out: Path) -> subprocess.Popen:
+    return subprocess.Popen(_cli("run", *args, "--out", str(out)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_until_running(out: Path, proc: subprocess.Popen, pieces: int = 0) -> dict:
+    """Poll (no timing asserted) until ``proc`` has written a running manifest and pieces."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+        except (FileNotFoundError, ValueError):
+            manifest = None
+        done = len(list((out / ".partial").glob("*/seed_*.json")))
+        if manifest and manifest["status"] == "running" and done >= pieces:
+            return manifest
+        time.sleep(0.05)
+    raise AssertionError(f"{out} never showed a running run")
+
+
+def test_a_second_run_into_a_busy_out_is_refused_and_show_tells_alive_from_dead(tmp_path):
+    import socket
+
+    out = tmp_path / "X"
+    first = _spawn(E1_SLOW, out)
+    try:
+        _wait_until_running(out, first)
+        other = [*E1_SLOW[:-1], "n_samples=3000"]  # issue 13.1: another config, same --out
+        second = subprocess.run(_cli("run", *other, "--out", str(out)), capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert "being written by another geomlab run" in second.stderr
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["config"]["n_samples"] == 2000 and manifest["writer"]["pid"] == first.pid
+        assert [p.name for p in (out / ".partial").iterdir()] == [manifest["config_hash"]]
+        shown = runner.invoke(app, ["show", str(out)])
+        assert shown.exit_code == 0 and "alive" in shown.output and str(first.pid) in shown.output
+    finally:
+        first.kill()
+        first.wait()
+    shown = runner.invoke(app, ["show", str(out)])
+    assert "gone" in shown.output and "alive" not in shown.output
+
+
+def _write_fake_mnist(folder: Path) -> None:
+    import numpy as np
+
+    from geomlab.data import mnist
+
+    rng = np.random.default_rng(0)
+    for split, rows in (("train", 128), ("test", 100)):
+        image_stem, label_stem = mnist.SPLIT_FILES[split]
+        mnist.write_idx(folder / image_stem, rng.integers(0, 256, (rows, 28, 28), np.uint8))
+        mnist.write_idx(folder / label_stem, (np.arange(rows) % 10).astype(np.uint8))
+
+
+def test_two_same_config_lambda_runs_have_one_writer_and_sigterm_interrupts(tmp_path):
+    data = tmp_path / "mnist"
+    _write_fake_mnist(data)
+    args = ["lambda-control", "--preset", "quick", "--device", "cpu", "--set", f"data_dir={data}",
+            "--set", "train_limit=128", "--set", "test_limit=100", "--set", "epochs=1000",
+            "--set", "seeds=[0]", "--set", "conditions=baseline"]  # fmt: skip
+    out = tmp_path / "L"
+    first = _spawn(args, out)
+    try:
+        _wait_until_running(out, first)
+        second = subprocess.run(_cli("run", *args, "--out", str(out)), capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"pid {first.pid}" in second.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "running" and manifest["writer"]["pid"] == first.pid
+        first.send_signal(signal.SIGTERM)  # what `timeout` and batch schedulers send
+        assert first.wait(timeout=300) == 3
+        assert "terminated (SIGTERM)" in first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "SIGTERM" in manifest["error"]
+    assert manifest["invocations"][0]["status"] == "interrupted"
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_sigterm_then_resume_records_the_first_start_total_wall_time_and_cleans_up(tmp_path):
+    out = tmp_path / "T"
+    first = _spawn(E1_80, out)
+    try:
+        _wait_until_running(out, first, pieces=3)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=300) == 3
+    finally:
+        first.kill()
+        first.wait()
+    stopped = json.loads((out / "manifest.json").read_text())
+    assert stopped["status"] == "interrupted"
+    pieces = out / ".partial" / stopped["config_hash"]
+    orphans = [out / ".E1_results_raw.csv.k3j2h1g0.tmp", pieces / ".seed_79.json.abcd_123.tmp"]
+    for orphan in orphans:  # what a SIGKILL in the middle of a write leaves
+        orphan.write_text("half")
+    result = runner.invoke(app, ["run", *E1_80, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    invocations = manifest["invocations"]
+    assert manifest["status"] == "complete" and manifest["resumed"] is True
+    assert [item["status"] for item in invocations] == ["interrupted", "complete"]
+    assert manifest["started"] == stopped["started"] == invocations[0]["started"]
+    assert manifest["wall_seconds"] == pytest.approx(sum(i["wall_seconds"] for i in invocations))
+    assert manifest["wall_seconds"] > invocations[1]["wall_seconds"]
+    assert not any(orphan.exists() for orphan in orphans)
+
+
+def test_force_recomputes_a_finished_run(tmp_path):
+    args = ["run", "e1", "--preset", "quick", "--set", "n_seeds=2", "--out", str(tmp_path / "F")]
+    assert runner.invoke(app, args).exit_code == 0
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "already holds a finished run" not in forced.output
+    manifest = json.loads((tmp_path / "F" / "manifest.json").read_text())
+    assert manifest["forced"] is True and manifest["status"] == "complete"
+    second_log = (tmp_path / "F" / "run.log").read_text().split("--force")[-1]
+    assert "E1 seeds: 2/2 done" in second_log and "reusing" not in second_log
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "needle"),
+    [
+        ("e1", ["--set", "seeds=[1,1,2]"], "seeds must be unique"),
+        ("lambda-control", ["--set", "seeds=[1,1,2]"], "seeds must be unique"),
+        ("e1", ["--set", "center_scale=inf"], "center_scale"),
+        ("e1", ["--set", "noise_std=Infinity"], "noise_std"),
+        ("e3", ["--set", "kappa_values=[1,Infinity]"], "kappa_values.1"),
+        ("e1", ["--set", "seeds=[18446744073709551616]"], "seeds.0"),
+        ("e1", ["--set", "data_seed=18446744073709551616"], "data_seed"),
+        ("e1", ["--set", "n_samples=1000000000000"], "n_samples"),
+        ("gradient-rank", ["--set", "seed=18446744073709551616"], "seed"),
+        ("lambda-control", ["--set", "noise_seed=18446744073709551616"], "noise_seed"),
+        ("alignment", ["--set", "ntk_vs_mf_lr=Infinity"], "ntk_vs_mf_lr"),
+    ],
+)
+def test_bad_values_fail_before_the_run_directory_exists(tmp_path, name, args, needle):
+    out = tmp_path / "never"
+    result = runner.invoke(app, ["run", name, "--preset", "quick", *args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert not out.exists()
+
+
+def test_bad_out_is_an_input_error(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    for out in (a_file, a_file / "below"):
+        result = runner.invoke(app, ["run", "e1", "--preset", "quick", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert str(a_file) in result.output.replace("\n", "")
+
+
+def test_truncated_manifest_is_named_in_show_and_report(tmp_path):
+    run_dir = tmp_path / "cut"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text('{"experiment": "e1", "status": "compl')
+    for command in (["show", str(run_dir)], ["report", str(run_dir)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert str(run_dir / "manifest.json") in result.output.replace("\n", "")
+        assert "not valid JSON" in result.output

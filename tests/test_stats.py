@@ -48,3 +48,14 @@ def test_summarize_reports_counts():
     assert out["n"] == 2 and out["n_dropped"] == 1
     assert out["mean"] == 1.5
     assert out["ci95"][0] <= 1.5 <= out["ci95"][1]
+
+
+def test_bootstrap_ci_uses_the_decimal_tails_of_the_level():
+    """The 2.5 % and 97.5 % quantiles exactly as np.quantile(means, [0.025, 0.975]) gives them
+    (sweeps' aggregate.csv and lambda-control's intervals kept their numbers)."""
+    rng = np.random.default_rng(1)
+    for size in range(3, 23):
+        values = rng.standard_normal(size) * 10 ** rng.uniform(-3, 3)
+        draws = np.random.default_rng(0).integers(0, size, size=(10_000, size))
+        expected = np.quantile(values[draws].mean(axis=1), [0.025, 0.975])
+        assert stats.bootstrap_ci(values) == (float(expected[0]), float(expected[1]))

@@ -2,22 +2,42 @@
 
 The functions users call directly are re-exported here; everything else lives in
 ``geomlab.geometry`` (the science), ``geomlab.models``, ``geomlab.data`` and
-``geomlab.experiments``.
+``geomlab.experiments``. The re-exports load on first use (PEP 562), so importing a light
+part of geomlab (``geomlab.cli`` for ``geomlab --help``) does not import torch.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from geomlab.geometry.curvature import softmax_regression_fisher
-from geomlab.geometry.derivatives import directional_derivatives, fit_lambda, measure_lambda
-from geomlab.geometry.natural_gradient import (
-    categorical_kl,
-    kl_matched_step_size,
-    symmetric_pseudo_inverse,
-)
-from geomlab.geometry.reparam import rescaled_step
-from geomlab.geometry.spectral import principal_angles, top_singular_triplets
+_EXPORTS = {
+    "directional_derivatives": "geomlab.geometry.derivatives",
+    "fit_lambda": "geomlab.geometry.derivatives",
+    "measure_lambda": "geomlab.geometry.derivatives",
+    "categorical_kl": "geomlab.geometry.natural_gradient",
+    "kl_matched_step_size": "geomlab.geometry.natural_gradient",
+    "symmetric_pseudo_inverse": "geomlab.geometry.natural_gradient",
+    "softmax_regression_fisher": "geomlab.geometry.curvature",
+    "softmax_fisher": "geomlab.geometry.fisher",  # former name
+    "rescaled_step": "geomlab.geometry.reparam",
+    "principal_angles": "geomlab.geometry.spectral",
+    "top_singular_triplets": "geomlab.geometry.spectral",
+}
 
-softmax_fisher = softmax_regression_fisher  # former name
+if TYPE_CHECKING:
+    from geomlab.geometry.curvature import softmax_regression_fisher
+    from geomlab.geometry.derivatives import directional_derivatives, fit_lambda, measure_lambda
+    from geomlab.geometry.fisher import softmax_fisher
+    from geomlab.geometry.natural_gradient import (
+        categorical_kl,
+        kl_matched_step_size,
+        symmetric_pseudo_inverse,
+    )
+    from geomlab.geometry.reparam import rescaled_step
+    from geomlab.geometry.spectral import principal_angles, top_singular_triplets
 
 __all__ = [
     "__version__",
@@ -33,3 +53,16 @@ __all__ = [
     "symmetric_pseudo_inverse",
     "top_singular_triplets",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geomlab' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,4 +1,9 @@
-"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner)."""
+"""The ``geomlab`` command line: list, run, show (parses and validates, then calls the runner).
+
+Heavy modules (torch, pandas, matplotlib) and the experiment modules are imported only by the
+commands that need them: ``geomlab --help`` and ``geomlab list`` import none of them (a test
+checks it; the runner imports torch when a run starts).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,14 @@ from rich.table import Table
 
 from geomlab import experiments, io
 from geomlab.config import ConfigError, parse_overrides
-from geomlab.runner import MANIFEST, RunError, run_experiment
+from geomlab.runner import (  # light: torch loads when a run starts
+    MANIFEST,
+    RunError,
+    RunInputError,
+    Terminated,
+    run_experiment,
+    writer_state,
+)
 
 app = typer.Typer(
     help="Learning-geometry experiments on PyTorch models.",
@@ -39,13 +51,8 @@ def list_experiments() -> None:
     table = Table(box=None, header_style="bold")
     for column in ("experiment", "aliases", "presets", "description"):
         table.add_column(column)
-    for experiment in experiments.all_experiments():
-        table.add_row(
-            experiment.name,
-            ", ".join(experiment.aliases),
-            ", ".join(experiment.presets),
-            experiment.description,
-        )
+    for name, entry in experiments.REGISTRY.items():  # no experiment module is imported
+        table.add_row(name, ", ".join(entry.aliases), ", ".join(entry.presets), entry.description)
     console.print(table)
 
 
@@ -67,7 +74,9 @@ def run(
     allow_gate_failures: Annotated[
         bool, typer.Option(help="exit 0 even when a validation gate fails")
     ] = False,
-    force: Annotated[bool, typer.Option(help="rerun even if --out holds a finished run")] = False,
+    force: Annotated[
+        bool, typer.Option(help="recompute everything, even finished pieces or a finished run")
+    ] = False,
     show_config: Annotated[
         bool, typer.Option("--show-config", help="print the validated config and exit")
     ] = False,
@@ -85,14 +94,21 @@ def run(
     if show_config:
         console.print_json(json.dumps(config.model_dump(mode="json")))
         return
+    from geomlab.sweep import SWEEP_FILE, is_sweep_dir
+
+    if out is not None and is_sweep_dir(out):
+        raise fail(f"{out} is a sweep directory ({SWEEP_FILE}); a run needs its own --out")
     try:
         outcome = run_experiment(
-            experiment, config, preset=chosen, out_dir=out, console=err_console
+            experiment, config, preset=chosen, out_dir=out, console=err_console, force=force
         )
+    except RunInputError as error:  # bad --out, a directory another run holds, corrupt file
+        raise fail(str(error)) from None
     except RunError as error:
         raise fail(str(error), EXIT_RUN_FAILED) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; rerun with the same --out to resume", EXIT_RUN_FAILED) from None
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (Terminated)
+        what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+        raise fail(f"{what}; rerun with the same --out to resume", EXIT_RUN_FAILED) from None
     except Exception as error:  # the manifest and log hold the details
         raise fail(f"run failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED) from error
 
@@ -135,20 +151,34 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
     manifest_path = run_dir / MANIFEST
     if not manifest_path.exists():
         raise fail(f"{run_dir} is not a run directory (no {MANIFEST})")
-    manifest = io.read_json(manifest_path)
+    try:
+        manifest = io.read_json(manifest_path)
+    except io.CorruptFileError as error:
+        raise fail(str(error)) from None
+    if not isinstance(manifest, dict):
+        raise fail(f"{manifest_path} is not a geomlab manifest (a JSON object)")
     env = manifest.get("environment", {})
     info = Table(title=str(run_dir), box=None, show_header=False)
     info.add_column(style="bold")
     info.add_column()
     status = manifest.get("status", "?")
     colour = {"complete": "green", "gates_failed": "red", "failed": "red"}.get(status, "yellow")
+    writer = None
+    if status == "running":
+        alive, writer = writer_state(run_dir, manifest)
+        if alive is False:
+            status = "running, but its writer is gone (killed?): rerun the same command to resume"
+            colour = "red"
+    invocations = manifest.get("invocations") or []
     for key, value in [
         ("experiment", manifest.get("experiment")),
         ("preset", manifest.get("preset")),
         ("status", f"[{colour}]{status}[/]"),
         ("started", manifest.get("started")),
         ("finished", manifest.get("finished")),
+        ("writer", writer),
         ("wall seconds", _fmt(manifest.get("wall_seconds"))),
+        ("invocations", len(invocations) if len(invocations) > 1 else None),
         ("device", env.get("device")),
         ("versions", f"geomlab {env.get('geomlab')}, torch {env.get('torch')}, "
                      f"python {env.get('python')}"),
@@ -269,7 +299,7 @@ def report(
     target = out or (dirs[0] / "report.html" if len(dirs) == 1 else Path("report.html"))
     try:
         path = reports.write_report(dirs, target)
-    except reports.ReportError as error:
+    except (reports.ReportError, io.CorruptFileError) as error:
         raise fail(str(error)) from None
     console.print(f"report: [bold]{path}[/]")
 
@@ -289,6 +319,9 @@ def data_download(
     mirror: Annotated[
         list[str] | None, typer.Option(help="mirror base URL, tried in order (repeatable)")
     ] = None,
+    deadline: Annotated[
+        float, typer.Option(min=1, help="give up after this many seconds in all")
+    ] = 900.0,
 ) -> None:
     """Download a dataset's files from public mirrors, verifying checksums."""
     from geomlab.data import mnist
@@ -297,8 +330,9 @@ def data_download(
         raise fail(f"unknown dataset {dataset!r}; known: mnist")
     try:
         paths = mnist.download_mnist(
-            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, log=err_console.print
-        )
+            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, deadline=deadline,
+            log=err_console.print,
+        )  # fmt: skip
     except mnist.MNISTDataError as error:
         raise fail(str(error), EXIT_RUN_FAILED) from None
     console.print(f"MNIST ready in [bold]{paths[0].parent}[/]")
@@ -318,12 +352,19 @@ def measure_lambda(
     prob_range: Annotated[
         str | None, typer.Option(help="boundary range low,high, e.g. 0.3,0.7")
     ] = None,
+    boundary: Annotated[
+        str | None, typer.Option(help="boundary points: notebook | pairwise (default: the run's)")
+    ] = None,
     max_order: Annotated[int | None, typer.Option(help="n_max of the fit")] = None,
     directions: Annotated[int | None, typer.Option(help="random directions per point")] = None,
     max_points: Annotated[int | None, typer.Option()] = None,
     min_points: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="folder with MNIST IDX files")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="run directory of the measurement (default RUN_DIR/measure-lambda/HASH)"),
+    ] = None,
 ) -> None:
     """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
     from pydantic import ValidationError
@@ -337,16 +378,19 @@ def measure_lambda(
             run_dir,
             pairs=" ".join(chosen) if chosen else None,
             prob_range=low_high,
+            boundary=boundary,
             max_order=max_order,
             num_directions=directions,
             max_points=max_points,
             min_points=min_points,
             device=device,
             data_dir=str(data_dir) if data_dir else None,
-            log=err_console.print,
+            out_dir=out,
         )
     except (FileNotFoundError, ValueError, ValidationError) as error:
         raise fail(str(error)) from None
+    except RunError as error:  # e.g. --device cuda without CUDA
+        raise fail(str(error), EXIT_RUN_FAILED) from None
     result = Table(box=None, header_style="bold")
     for column in ("condition", "seed", "pair", "lambda", "num_points"):
         result.add_column(column, justify="right" if column != "condition" else "left")
@@ -356,7 +400,7 @@ def measure_lambda(
             str(row["num_points"]),
         )  # fmt: skip
     console.print(result)
-    console.print(f"written: {run_dir / 'lambda_remeasured.csv'}")
+    console.print(f"written: {Path(table.attrs['out_dir']) / 'lambda_remeasured.csv'}")
 
 
 def main() -> None:

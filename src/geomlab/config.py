@@ -1,18 +1,29 @@
-"""Building validated experiment configs from presets and ``key=value`` overrides."""
+"""Building validated experiment configs from presets and ``key=value`` overrides.
+
+This module knows nothing of experiments (``geomlab.experiments.base`` imports it, never the
+other way round): :func:`build_config` takes anything with a ``name``, ``presets`` and a
+``config_cls``.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-from pydantic import ValidationError
-
-if TYPE_CHECKING:
-    from geomlab.experiments.base import Experiment, ExperimentConfig
+from pydantic import BaseModel, ValidationError
 
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names the field and what is allowed."""
+
+
+class ConfigSource(Protocol):
+    """What :func:`build_config` needs of an experiment."""
+
+    name: str
+    presets: Mapping[str, Mapping[str, Any]]
+    config_cls: type[BaseModel]
 
 
 def parse_value(text: str) -> Any:
@@ -40,35 +51,46 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def check_keys(
+    config_cls: type[BaseModel], keys: Iterable[str], *, owner: str, what: str = "config key"
+) -> None:
+    """The one unknown-key check: raise :class:`ConfigError` naming every key that is not a
+    field of ``config_cls`` (``what``: "config key", "grid key", ...) and the known ones.
+
+    Configs also forbid extra keys themselves (pydantic ``extra="forbid"``), so a config built
+    in Python refuses them too; this check runs first and lists what is allowed."""
+    fields = config_cls.model_fields
+    unknown = sorted({key for key in keys if key not in fields})
+    if unknown:
+        raise ConfigError(
+            f"unknown {what}(s) {', '.join(repr(k) for k in unknown)} for {owner}; "
+            f"known keys: {', '.join(fields)}"
+        )
+
+
 def format_validation_error(error: ValidationError, values: dict[str, Any]) -> str:
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<config>"
+        field = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{field}'")
+            continue
+        if not field:  # a check across fields: its message names them
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
             continue
         given = item.get("input")
         lines.append(f"field '{field}': {item['msg']} (got {given!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def build_config(
-    experiment: Experiment, preset: str, overrides: dict[str, Any]
-) -> ExperimentConfig:
+def build_config(experiment: ConfigSource, preset: str, overrides: dict[str, Any]) -> Any:
     """Validate preset values plus overrides; raise :class:`ConfigError` naming every bad field."""
     if preset not in experiment.presets:
         allowed = ", ".join(sorted(experiment.presets))
         raise ConfigError(
             f"unknown preset {preset!r} for {experiment.name}; choose from: {allowed}"
         )
-    fields = experiment.config_cls.model_fields
-    unknown = sorted(key for key in overrides if key not in fields)
-    if unknown:
-        allowed = ", ".join(fields)
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(repr(k) for k in unknown)} for {experiment.name}; "
-            f"known keys: {allowed}"
-        )
+    check_keys(experiment.config_cls, overrides, owner=experiment.name)
     values = {**experiment.presets[preset], **overrides}
     try:
         return experiment.config_cls(**values)

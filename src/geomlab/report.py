@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from geomlab import io, sweep
+from geomlab import io, stats, sweep
 from geomlab.runner import MANIFEST
 
 # CSV tables of a run are shown when small enough to read on a page.
@@ -57,7 +57,8 @@ nav ul { margin: 4px 0; }
 
 
 class ReportError(ValueError):
-    """A directory is neither a run nor a sweep; the message names it."""
+    """A directory is neither a run nor a sweep, or one of its files is missing or corrupt;
+    the message names it."""
 
 
 def esc(value: Any) -> str:
@@ -120,7 +121,9 @@ def _anchor(text: str) -> str:
 
 
 def run_section(run_dir: Path, *, title: str | None = None, level: int = 2) -> str:
-    manifest = io.read_json(run_dir / MANIFEST)
+    manifest = sweep.read_manifest(run_dir)
+    if manifest is None:
+        raise ReportError(f"{run_dir} is not a run directory (no {MANIFEST})")
     env = manifest.get("environment") or {}
     status = manifest.get("status", "?")
     parts = [f"<h{level}>{esc(title or run_dir.name)} {status_span(status)}</h{level}>"]
@@ -208,14 +211,8 @@ def _plain(value: Any) -> Any:
 
 
 def sweep_section(sweep_dir: Path) -> str:
-    spec = io.read_json(sweep_dir / sweep.SWEEP_FILE)
-    runs_path = sweep_dir / sweep.RUNS_CSV
-    if not runs_path.exists():
-        raise ReportError(f"{sweep_dir} has {sweep.SWEEP_FILE} but no {sweep.RUNS_CSV}")
-    runs = pd.read_csv(runs_path)
-    grid_keys = list(spec.get("grid") or {})
-    config_fields = list((_first_manifest(sweep_dir, runs) or {}).get("config", {}))
-    metrics = sweep.headline_metrics(runs, config_fields or grid_keys)
+    tables = sweep.load_sweep(sweep_dir)
+    spec, runs, grid_keys, metrics = tables.record, tables.runs, tables.grid_keys, tables.metrics
     counts = runs["status"].value_counts().to_dict()
     parts = [f"<h2>Sweep {esc(sweep_dir.name)} — {esc(spec.get('experiment'))}</h2>"]
     parts.append(f'<p class="meta">{esc(sweep_dir)}</p>')
@@ -235,18 +232,17 @@ def sweep_section(sweep_dir: Path) -> str:
     parts.append("<h3>Headline metrics over seeds</h3>")
     parts.append(
         f'<p class="note">Per grid point, over its complete runs: mean ± std (n - 1), and a 95% '
-        f"percentile bootstrap CI of the mean ({sweep.BOOTSTRAP_RESAMPLES:,} resamples, "
+        f"percentile bootstrap CI of the mean ({stats.BOOTSTRAP_RESAMPLES:,} resamples, "
         f"seeded). Failed runs and runs that failed a gate are left out.</p>"
     )
-    aggregate = sweep.aggregate_over_seeds(runs, grid_keys, metrics)
-    parts.append(_aggregate_table(aggregate, grid_keys, metrics))
+    parts.append(_aggregate_table(tables.aggregate, grid_keys, metrics))
 
     parts.append("<h3>Runs</h3>")
     columns = [*grid_keys, *(["seed"] if "seed" in runs.columns else [])]
     headers = ["run", "status", *columns, *metrics, "wall seconds"]
     rows = []
     for row in runs.to_dict(orient="records"):
-        run_dir = (sweep_dir / sweep.RUNS_DIR / row["run"]).resolve()
+        run_dir = tables.run_dir(row["run"]).resolve()
         link = f'<a href="#{_anchor(f"run-{run_dir}")}">'
         rows.append(
             [
@@ -270,8 +266,8 @@ def sweep_section(sweep_dir: Path) -> str:
 
     parts.append("<h3>Each run</h3>")
     for row in runs.to_dict(orient="records"):
-        run_dir = sweep_dir / sweep.RUNS_DIR / row["run"]
-        if (run_dir / MANIFEST).exists():
+        run_dir = tables.run_dir(row["run"])
+        if sweep.is_run_dir(run_dir):
             summary = f"{esc(row['label'])} {status_span(str(row['status']))}"
             body = run_section(run_dir, title=row["label"], level=4)
             parts.append(f"<details><summary>{summary}</summary>{body}</details>")
@@ -280,14 +276,6 @@ def sweep_section(sweep_dir: Path) -> str:
         + "".join(parts)
         + "</section>"
     )
-
-
-def _first_manifest(sweep_dir: Path, runs: pd.DataFrame) -> dict[str, Any] | None:
-    for name in runs["run"]:
-        path = sweep_dir / sweep.RUNS_DIR / name / MANIFEST
-        if path.exists():
-            return io.read_json(path)
-    return None
 
 
 def _aggregate_table(aggregate: pd.DataFrame, grid_keys: list[str], metrics: list[str]) -> str:
@@ -314,9 +302,9 @@ def _aggregate_table(aggregate: pd.DataFrame, grid_keys: list[str], metrics: lis
 
 
 def classify(path: Path) -> str:
-    if (path / sweep.SWEEP_FILE).exists():
+    if sweep.is_sweep_dir(path):
         return "sweep"
-    if (path / MANIFEST).exists():
+    if sweep.is_run_dir(path):
         return "run"
     raise ReportError(
         f"{path} is neither a run directory ({MANIFEST}) nor a sweep ({sweep.SWEEP_FILE})"
@@ -324,16 +312,22 @@ def classify(path: Path) -> str:
 
 
 def build_report(dirs: list[Path]) -> str:
-    """The HTML text of a report over run and sweep directories (checked before building)."""
+    """The HTML text of a report over run and sweep directories (checked before building).
+
+    Raises :class:`ReportError` for a directory that is neither, and for a missing or corrupt
+    file in one (the message names the file)."""
     kinds = [(Path(d), classify(Path(d))) for d in dirs]
     sections, toc = [], []
     for path, kind in kinds:
-        if kind == "sweep":
-            sections.append(sweep_section(path))
-            anchor = _anchor(f"sweep-{path.resolve()}")
-        else:
-            sections.append(run_section(path))
-            anchor = _anchor(f"run-{path.resolve()}")
+        try:
+            if kind == "sweep":
+                sections.append(sweep_section(path))
+                anchor = _anchor(f"sweep-{path.resolve()}")
+            else:
+                sections.append(run_section(path))
+                anchor = _anchor(f"run-{path.resolve()}")
+        except sweep.SweepError as error:  # a corrupt manifest, sweep.json or runs.csv
+            raise ReportError(str(error)) from None
         toc.append(f'<li><a href="#{anchor}">{esc(kind)}: {esc(path)}</a></li>')
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     import geomlab

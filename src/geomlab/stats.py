@@ -9,6 +9,7 @@ never average them in.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,10 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = kept[rng.integers(0, kept.size, size=(n_resamples, kept.size))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    # The tails as the decimal level reads: (1 - 0.95) / 2 in binary is 0.025000000000000022,
+    # not 0.025, and moves the interpolated quantile in the last bits.
+    tail = (1 - Decimal(repr(level))) / 2
+    low, high = np.quantile(means, [float(tail), float(1 - tail)])
     return float(low), float(high)
 
 

@@ -253,3 +253,58 @@ def test_cli_download_verifies_checksums(tmp_path, local_mirrors):
     assert "MD5" in result.output
     unknown = CliRunner().invoke(app, ["data", "download", "cifar"])
     assert unknown.exit_code != 0 and "unknown dataset" in unknown.output
+
+
+class DripHandler(http.server.BaseHTTPRequestHandler):
+    """A mirror that promises a large file and then sends one byte at a time, forever."""
+
+    stop = threading.Event()
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**7))
+        self.end_headers()
+        while not self.stop.is_set():
+            try:
+                self.wfile.write(b"\x1f")
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                return
+            self.stop.wait(0.02)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def dripping_mirror():
+    DripHandler.stop.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DripHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    DripHandler.stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_has_an_overall_deadline_and_leaves_nothing_partial(tmp_path, dripping_mirror):
+    # Each read returns within the per-read timeout, so only an overall deadline ends this.
+    name = "t10k-labels-idx1-ubyte.gz"
+    with pytest.raises(MNISTDataError, match="deadline of 0.5 s"):
+        download_mnist(tmp_path / "d", mirrors=[dripping_mirror], checksums={name: "0" * 32},
+                       timeout=30, deadline=0.5)  # fmt: skip
+    assert list((tmp_path / "d" / "mnist").iterdir()) == []  # no .part / .tmp left behind
+
+
+def test_cli_download_deadline(tmp_path, dripping_mirror):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    args = ["data", "download", "mnist", "--data-dir", str(tmp_path / "d"), "--mirror",
+            dripping_mirror, "--deadline", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "deadline of 1 s" in result.output
+    assert list((tmp_path / "d" / "mnist").iterdir()) == []

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from geomlab.experiments import alignment
-from geomlab.geometry import spectral
+from geomlab.geometry import gd_tracking
 from geomlab.models import two_layer
 
 TINY = {
@@ -25,13 +25,24 @@ def test_paper_preset_runs_every_notebook_setting():
     assert (config.d, config.k, config.n_train) == (1000, 1250, 750)
     assert config.nu_relu_vs_sigmoid == 0.125 and config.nu_ntk_vs_mf == 0.0
     first = plan[0].runs[0]
-    assert alignment.lr_value(first.lr, first.lr_scale, 1250) == pytest.approx(2 * math.sqrt(1250))
-    assert alignment.gamma_value(first.gamma_scale, 1250) == pytest.approx(1 / math.sqrt(1250))
-    assert alignment.gamma_value(plan[3].runs[0].gamma_scale, 1250) == pytest.approx(1 / 1250)
+    assert two_layer.lr_value(first.lr, first.lr_scale, 1250) == pytest.approx(2 * math.sqrt(1250))
+    assert two_layer.gamma_value(first.gamma_scale, 1250) == pytest.approx(1 / math.sqrt(1250))
+    assert two_layer.gamma_value(plan[3].runs[0].gamma_scale, 1250) == pytest.approx(1 / 1250)
     ntk, mf = plan[-1].runs
     assert (ntk.gamma_scale, mf.gamma_scale) == ("1", "1/sqrt(k)")
-    assert alignment.lr_value(ntk.lr, ntk.lr_scale, 1250) == pytest.approx(math.sqrt(1250) / 2)
+    assert two_layer.lr_value(ntk.lr, ntk.lr_scale, 1250) == pytest.approx(math.sqrt(1250) / 2)
     assert sum(r.epochs for c in plan for r in c.runs) == 10_700
+
+
+def test_presets_expect_the_notebooks_diverging_cells_to_run_away():
+    # The γ = 1 cells s2, s6, s8 and the NTK run grow their train MSE in the notebook's own
+    # configuration (paper: s2 ReLU ×693, NTK ×10.7); anything else that grows fails the gate.
+    plan = alignment.comparisons(alignment.Config(**alignment.PRESETS["paper"]))
+    assert [c.setting for c in plan if c.expect_runaway] == ["s2", "s6", "s8", "ntk-mf"]
+    assert all(c.runs[0].gamma_scale == "1" for c in plan if c.expect_runaway)
+    setting = {"teacher": "relu", "lr": 1e12, "gamma_scale": "1", "epochs": 5}
+    custom = alignment.Config(relu_vs_sigmoid_settings=[setting])
+    assert not alignment.comparisons(custom)[0].expect_runaway
 
 
 @pytest.mark.parametrize(
@@ -50,89 +61,14 @@ def test_paper_preset_runs_every_notebook_setting():
             "teacher",
         ),  # fmt: skip
         ({"parameterization": "ntk"}, "parameterization"),
+        ({"max_train_mse_growth": 1.0}, "max_train_mse_growth"),
+        ({"max_train_mse_growth": float("inf")}, "max_train_mse_growth"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ValidationError) as info:
         alignment.Config(**override)
     assert field in str(info.value)
-
-
-def test_checkpoints_cover_start_and_end():
-    epochs = alignment.checkpoint_epochs(1000, 8)
-    assert {0, 1, 1000} <= epochs and len(epochs) <= 10
-
-
-def _tiny_problem(seed=0, *, outer="rademacher", teacher="relu"):
-    g = torch.Generator().manual_seed(seed)
-    q, W0, a = alignment.draw_shared_init(
-        d=12, k=15, outer_init=outer, generator=g, dtype=torch.float64
-    )
-    return alignment.draw_problem(
-        q=q, W0=W0, a=a, teacher=teacher, n_train=10, n_test=8, nu=0.25, alpha=0.0,
-        label_noise=0.5, generator=g, device=torch.device("cpu"),
-    )  # fmt: skip
-
-
-def test_tracked_metrics_match_dense_recomputation():
-    problem = _tiny_problem()
-    options = alignment.TrackingOptions(
-        top_k=3, angle_rank=2, checkpoints=frozenset({0, 2, 3}), oversample=6, tol=1e-12,
-        max_iter=500,
-    )  # fmt: skip
-    gamma, lr = 0.5, 0.3
-    tracked = alignment.train_and_track(
-        problem, activation="sigmoid", gamma=gamma, scale=gamma, lr=lr, epochs=3,
-        options=options, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
-    assert [row["epoch"] for row in tracked.rows] == [0, 1, 2, 3]
-    W = problem.W0.clone()
-    for row in tracked.rows:
-        grad = two_layer.inner_weight_gradient_autograd(
-            problem.x, problem.y, W, problem.a, activation="sigmoid", scale=gamma
-        )
-        f = two_layer.forward(problem.x, W, problem.a, activation="sigmoid", scale=gamma)
-        f_test = two_layer.forward(problem.x_test, W, problem.a, activation="sigmoid", scale=gamma)
-        ref = spectral.top_singular_triplets_reference(grad, 3)
-        assert row["train_mse"] == pytest.approx(float(((f - problem.y) ** 2).mean()), rel=1e-12)
-        assert row["test_mse"] == pytest.approx(float(((f_test - problem.y_test) ** 2).mean()))
-        for i in range(3):
-            assert row[f"grad_sv_{i + 1}"] == pytest.approx(float(ref.S[i]), rel=1e-8)
-        residue = problem.bulk.T @ (problem.y - f)  # same weights as the gradient
-        assert row["cos_v1_residue"] == pytest.approx(
-            spectral.abs_cos(ref.V[:, 0], residue), abs=1e-6
-        )
-        assert row["cos_v1_spike"] == pytest.approx(
-            spectral.abs_cos(ref.V[:, 0], problem.q), abs=1e-6
-        )
-        span = torch.linalg.qr(torch.stack([problem.x.T @ problem.y, problem.q], 1))[0]
-        assert row["energy_fraction"] == pytest.approx(float((W @ span).norm() / W.norm()))
-        assert row["w_spectral_norm"] == pytest.approx(
-            spectral.spectral_norm_reference(W), rel=1e-6
-        )
-        assert row["sv_ratio_12"] == pytest.approx(float(ref.S[0] / ref.S[1]), rel=1e-8)
-        W = two_layer.gradient_step(W, grad, lr=lr, gamma=gamma)
-    assert set(tracked.weight_bases) == {0, 2, 3} and set(tracked.update_bases) == {2, 3}
-
-
-def test_identical_runs_have_zero_angles_and_different_runs_do_not():
-    problem = _tiny_problem(1)
-    options = alignment.TrackingOptions(
-        top_k=3, angle_rank=2, checkpoints=frozenset({0, 2}), oversample=6, tol=1e-12,
-        max_iter=500,
-    )  # fmt: skip
-
-    def track(activation):
-        return alignment.train_and_track(
-            problem, activation=activation, gamma=1.0, scale=1.0, lr=0.5, epochs=2,
-            options=options, generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
-
-    same = alignment.angles_between_runs(track("relu"), track("relu"))
-    assert max(row["max_angle_deg"] for row in same) < 1e-3
-    different = alignment.angles_between_runs(track("relu"), track("sigmoid"))
-    update_rows = [row for row in different if row["subspace"] == "update"]
-    assert update_rows and update_rows[0]["max_angle_deg"] > 1.0
 
 
 def test_notebook_parameterization_uses_its_outer_weights():
@@ -237,9 +173,9 @@ def test_notebook_parameterization_runs_with_gamma_squared(tmp_path, fake_contex
     assert set(metrics["parameterization"]) == {"notebook"} and metrics["run"].nunique() == 2
     # Same data and W_0 under notebook outer weights: reproduce epoch 0's train MSE by hand.
     g = torch.Generator().manual_seed(alignment.family_seed(config.seed, "relu-vs-sigmoid"))
-    q, W0, a = alignment.draw_shared_init(d=24, k=30, outer_init="notebook_binary",
+    q, W0, a = gd_tracking.draw_shared_init(d=24, k=30, outer_init="notebook_binary",
                                           generator=g, dtype=torch.float64)  # fmt: skip
-    problem = alignment.draw_problem(
+    problem = gd_tracking.draw_problem(
         q=q, W0=W0, a=a, teacher="sigmoid", n_train=20, n_test=16, nu=0.125, alpha=0.0,
         label_noise=1.0, generator=g, device=torch.device("cpu"),
     )  # fmt: skip
@@ -249,3 +185,68 @@ def test_notebook_parameterization_runs_with_gamma_squared(tmp_path, fake_contex
     assert first["train_mse"] == pytest.approx(
         float(((by_hand - problem.y) ** 2).mean()), rel=1e-10
     )
+
+
+# Issue 13 item 5: lr = 1e12 in a γ = 1 cell grows the ReLU run's train MSE 2.4 -> 242.
+RUNAWAY_SETTINGS = json.dumps(
+    [
+        {"teacher": "sigmoid", "lr": 1e12, "gamma_scale": "1/sqrt(k)", "epochs": 100},
+        {"teacher": "sigmoid", "lr": 1e12, "gamma_scale": "1", "epochs": 100},
+    ]
+)
+
+
+def test_cli_runaway_run_fails_the_growth_gate_and_stays_out_of_the_headline(tmp_path):
+    from typer.testing import CliRunner
+
+    from geomlab.cli import app
+
+    out = tmp_path / "runaway"
+    args = ["run", "alignment", "--preset", "quick", "--set", 'families=["relu-vs-sigmoid"]',
+            "--set", f"relu_vs_sigmoid_settings={RUNAWAY_SETTINGS}", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # the "gate failed" exit code
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "gates_failed"
+    gate = next(g for g in manifest["gates"] if g["name"] == "train_mse_growth")
+    assert not gate["passed"] and "relu-vs-sigmoid/s2-relu" in gate["unexpected_runaway"]
+    assert all(g["passed"] for g in manifest["gates"] if g["name"] != "train_mse_growth")
+    metrics = pd.read_csv(out / "alignment_metrics.csv")
+    ran_away = metrics[metrics["run"] == "relu-vs-sigmoid/s2-relu"].sort_values("epoch")
+    assert ran_away["train_mse"].iloc[-1] > 50 * ran_away["train_mse"].iloc[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "relu-vs-sigmoid/s2-relu" in summary["runaway_runs"]
+    assert summary["final"]["relu-vs-sigmoid/s2-relu"]["runaway"] is True
+    assert summary["final"]["relu-vs-sigmoid/s1-relu"]["runaway"] is False
+    # The headline medians use only the runs that trained.
+    clean = [v for run, v in summary["final"].items() if run not in summary["runaway_runs"]]
+    assert manifest["headline"]["runaway_runs"] == len(summary["runaway_runs"])
+    assert manifest["headline"]["median_final_energy_fraction"] == pytest.approx(
+        float(pd.Series([v["energy_fraction"] for v in clean]).median())
+    )
+
+
+def test_runaway_panels_are_marked_in_the_figures():
+    import matplotlib.pyplot as plt
+
+    from geomlab.plots.alignment import FIGURES
+
+    rows = []
+    for run, mse in (("fam/s1-relu", [1.0, 0.5]), ("fam/s1-sigmoid", [1.0, 50.0])):
+        for epoch, value in enumerate(mse):
+            rows.append({"run": run, "family": "fam", "setting": "s1", "teacher": "relu",
+                         "lr": 2.0, "gamma_scale": "1", "epoch": epoch, "train_mse": value,
+                         "test_mse": value, "cos_v1_spike": 0.5, "cos_v1_residue": 0.5,
+                         "energy_fraction": 0.5, "grad_sv_1": 3.0, "grad_sv_2": 2.0,
+                         "grad_sv_3": 1.0})  # fmt: skip
+    metrics = pd.DataFrame(rows)
+    angles = pd.DataFrame({"family": ["fam"], "setting": ["s1"], "epoch": [1],
+                           "subspace": ["weights"], "rank": [2],
+                           "mean_angle_deg": [10.0]})  # fmt: skip
+    for make in FIGURES.values():
+        fig = make(metrics, angles, runaway={"fam/s1-sigmoid": 50.0})
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert "ran away: Sigmoid (train MSE ×50)" in texts, texts
+        plain = make(metrics, angles)
+        assert not any("ran away" in t.get_text() for t in plain.axes[0].texts)
+        plt.close("all")

@@ -2,29 +2,9 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from pydantic import ValidationError
 
 from geomlab.experiments import gradient_rank
-from geomlab.geometry import spectral
-
-
-def test_rank_row_on_a_planted_rank_two_matrix():
-    g = torch.Generator().manual_seed(0)
-    residue = torch.randn(30, generator=g, dtype=torch.float64)
-    spike = torch.randn(30, generator=g, dtype=torch.float64)
-    spike /= spike.norm()
-    left = torch.linalg.qr(torch.randn(40, 2, generator=g, dtype=torch.float64))[0]
-    right = torch.stack([residue / residue.norm(), spike], 1)
-    right = torch.linalg.qr(right)[0]
-    gradient = 10 * left[:, :1] @ right[:, :1].T + 3 * left[:, 1:] @ right[:, 1:].T
-    gradient += 1e-3 * torch.randn(40, 30, generator=g, dtype=torch.float64)
-    top = spectral.top_singular_triplets(gradient, 4, generator=g, tol=1e-12)
-    row = gradient_rank.rank_row(top, gradient, residue, spike)
-    assert row["sv_ratio_12"] == pytest.approx(10 / 3, rel=1e-3)
-    assert row["sv_ratio_23"] > 100
-    assert row["cos_v1_residue"] == pytest.approx(1.0, abs=1e-4)
-    assert row["top2_cos_2"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_regime_verdicts_read_the_table():
@@ -96,3 +76,20 @@ def test_manifest_records_the_data(tmp_path):
     assert CliRunner().invoke(app, args).exit_code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["nus"] == [0.25] and manifest["data"]["label_noise_std"] == 1.0
+
+
+def test_config_options_are_enums_that_keep_their_text():
+    from geomlab.models.two_layer import Activation, GammaScale, Parameterization
+
+    config = gradient_rank.Config(gamma_scale="1/k", activation="tanh", parameterization="notebook")
+    assert config.gamma_scale is GammaScale.INV_K and config.activation is Activation.TANH
+    assert config.parameterization is Parameterization.NOTEBOOK
+    dumped = config.model_dump(mode="json")  # what the manifest stores
+    assert (dumped["gamma_scale"], dumped["activation"], dumped["teacher"]) == (
+        "1/k",
+        "tanh",
+        "sigmoid",
+    )
+    with pytest.raises(ValidationError) as info:
+        gradient_rank.Config(gamma_scale="1/sqrt(d)")
+    assert "gamma_scale" in str(info.value) and "1/sqrt(k)" in str(info.value)

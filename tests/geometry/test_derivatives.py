@@ -203,9 +203,35 @@ def test_eligibility_check_leaves_the_random_stream_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_auto_falls_back_to_nested_for_tanh_and_fast_refuses():
+def test_tanh_uses_taylor_mode_and_the_cumulant_formula_would_be_wrong():
+    # issue 12: a smooth network now takes the exact Taylor path instead of falling back
     torch.manual_seed(0)
     model = tiny_mlp(nn.Tanh, dropout=0.0).double().eval()
+    inputs = torch.randn(4, 1, 10, dtype=torch.float64)
+    labels = torch.randint(0, 4, (4,))
+    directions = sample_unit_directions(2, inputs, generator=torch.Generator().manual_seed(0))
+    result = directional_derivatives(model, inputs, labels, directions, max_order=3)
+    assert (result.method, result.path) == ("fast", "taylor")
+    reference = nested_directional_derivatives(model, inputs, labels, directions, max_order=3)
+    assert relative_error(result.values, reference) <= REL_TOL
+    # the cumulant formula really would be wrong here (tanh has curvature)
+    wrong, _ = fast_directional_derivatives(
+        model, inputs, labels, directions, max_order=3, path="linear"
+    )
+    assert relative_error(wrong[1:], reference[1:]) > 1e-3
+
+
+def test_auto_falls_back_to_nested_only_for_an_op_without_a_rule_and_fast_refuses():
+    class CumsumNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10, 4)
+
+        def forward(self, x):
+            return self.fc(torch.tanh(x.flatten(1)).cumsum(dim=1))
+
+    torch.manual_seed(0)
+    model = CumsumNet().double().eval()
     inputs = torch.randn(4, 1, 10, dtype=torch.float64)
     labels = torch.randint(0, 4, (4,))
     directions = sample_unit_directions(2, inputs, generator=torch.Generator().manual_seed(0))
@@ -213,10 +239,7 @@ def test_auto_falls_back_to_nested_for_tanh_and_fast_refuses():
     assert result.method == "nested"
     reference = nested_directional_derivatives(model, inputs, labels, directions, max_order=3)
     assert torch.equal(result.values, reference)
-    # the fast formula really would be wrong here (tanh has curvature)
-    wrong, _ = fast_directional_derivatives(model, inputs, labels, directions, max_order=3)
-    assert relative_error(wrong[1:], reference[1:]) > 1e-3
-    with pytest.raises(ValueError, match="tanh"):
+    with pytest.raises(ValueError, match="cumsum"):
         directional_derivatives(model, inputs, labels, directions, max_order=3, method="fast")
 
 

@@ -8,8 +8,12 @@ from geomlab.geometry.spectral import (
     column_space_angle_bound_deg,
     energy_fraction_in_span,
     entropy_effective_rank,
+    gradient_alignment_metrics,
     orthonormal_basis,
+    principal_angle_summary_deg,
     principal_angles,
+    residue_direction,
+    singular_value_gap,
     spectral_norm_reference,
     stable_rank,
     subspace_alignment_cosines,
@@ -128,3 +132,88 @@ def test_abs_cos_and_ranks():
     assert stable_rank(2.0, 1.0) == pytest.approx(4.0)
     assert entropy_effective_rank(torch.ones(5)) == pytest.approx(5.0)
     assert entropy_effective_rank(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
+
+
+def test_gradient_alignment_metrics_on_a_planted_rank_two_matrix():
+    g = torch.Generator().manual_seed(0)
+    residue = torch.randn(30, generator=g, dtype=torch.float64)
+    spike = torch.randn(30, generator=g, dtype=torch.float64)
+    spike /= spike.norm()
+    left = torch.linalg.qr(torch.randn(40, 2, generator=g, dtype=torch.float64))[0]
+    right = torch.stack([residue / residue.norm(), spike], 1)
+    right = torch.linalg.qr(right)[0]
+    gradient = 10 * left[:, :1] @ right[:, :1].T + 3 * left[:, 1:] @ right[:, 1:].T
+    gradient += 1e-3 * torch.randn(40, 30, generator=g, dtype=torch.float64)
+    top = top_singular_triplets(gradient, 4, generator=g, tol=1e-12)
+    row = gradient_alignment_metrics(gradient, top, residue=residue, spike=spike, gaps=3)
+    assert row["sv_ratio_12"] == pytest.approx(10 / 3, rel=1e-3)
+    assert row["sv_ratio_23"] > 100
+    assert row["cos_v1_residue"] == pytest.approx(1.0, abs=1e-4)
+    assert row["top2_cos_2"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_singular_value_gap_rule():
+    assert singular_value_gap(6.0, 3.0) == 2.0
+    assert singular_value_gap(2.0, 0.0) == math.inf  # exact rank deficiency: unbounded gap
+    assert math.isnan(singular_value_gap(0.0, 0.0))  # no gap defined
+
+
+def test_gradient_alignment_metrics_on_an_exact_rank_one_gradient():
+    # G = 5 u vᵀ with v = the residue direction: σ2 = σ3 = 0. One rule for both experiments:
+    # σ1/σ2 = inf, σ2/σ3 = NaN (no ZeroDivisionError), and σ3/σ4 NaN when σ4 is not computed.
+    g = torch.Generator().manual_seed(1)
+    residue = torch.randn(6, generator=g, dtype=torch.float64)
+    spike = torch.randn(6, generator=g, dtype=torch.float64)
+    u = torch.randn(5, generator=g, dtype=torch.float64)
+    gradient = 5 * torch.outer(u / u.norm(), residue / residue.norm())
+    top = top_singular_triplets_reference(gradient, 3)
+    top = type(top)(top.U, top.S * torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), top.V,
+                    0, True, 0.0)  # exact zeros (the SVD returns ~1e-16)  # fmt: skip
+    row = gradient_alignment_metrics(gradient, top, residue=residue, spike=spike, gaps=3)
+    assert row["grad_sv_1"] == pytest.approx(5.0)
+    assert row["sv_ratio_12"] == math.inf
+    assert math.isnan(row["sv_ratio_23"]) and math.isnan(row["sv_ratio_34"])
+    assert row["stable_rank"] == pytest.approx(1.0)
+    assert row["grad_fro_norm"] == pytest.approx(5.0)
+    assert row["cos_v1_residue"] == pytest.approx(1.0)
+    assert row["cos_v1_spike"] == pytest.approx(abs_cos(residue, spike))
+    assert row["svd_converged"] == 1.0 and row["svd_iterations"] == 0.0
+    with pytest.raises(ValueError, match="at least 2 singular triplets"):
+        gradient_alignment_metrics(
+            gradient, top_singular_triplets_reference(gradient, 1), residue=residue, spike=spike
+        )
+
+
+def test_gradient_alignment_metrics_match_a_dense_recomputation_in_float32():
+    g = torch.Generator().manual_seed(2)
+    gradient = torch.randn(9, 7, generator=g)
+    residue, spike = torch.randn(7, generator=g), torch.randn(7, generator=g)
+    ref = top_singular_triplets_reference(gradient.double(), 4)
+    row = gradient_alignment_metrics(gradient, ref, residue=residue, spike=spike)
+    assert set(row) >= {"sv_ratio_12", "sv_ratio_23"} and "sv_ratio_34" not in row
+    S = torch.linalg.svdvals(gradient.double())
+    assert row["sv_ratio_23"] == pytest.approx(float(S[1] / S[2]), rel=1e-12)
+    assert row["stable_rank"] == pytest.approx(float((S**2).sum() / S[0] ** 2), rel=1e-6)
+    expected = subspace_alignment_cosines(ref.V[:, :2], torch.stack([residue, spike], 1).double())
+    assert [row["top2_cos_1"], row["top2_cos_2"]] == pytest.approx(expected.tolist())
+
+
+def test_residue_direction_is_bulk_transpose_times_residual():
+    bulk = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    f = torch.tensor([0.5, 1.0, 1.0], dtype=torch.float64)
+    # rows weighted by y − f = (0.5, −1, 1): (0.5 − 3 + 0, 1 − 4 + 1)
+    torch.testing.assert_close(
+        residue_direction(bulk, y, f), torch.tensor([-2.5, -2.0], dtype=torch.float64)
+    )
+
+
+def test_principal_angle_summary_in_degrees():
+    t = 0.3
+    A = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    B = torch.tensor([[1.0, 0.0], [0.0, math.cos(t)], [0.0, math.sin(t)]], dtype=torch.float64)
+    summary = principal_angle_summary_deg(A, B)
+    assert summary["rank"] == 2
+    assert summary["max_angle_deg"] == pytest.approx(math.degrees(t))
+    assert summary["min_angle_deg"] == pytest.approx(0.0, abs=1e-5)
+    assert summary["mean_angle_deg"] == pytest.approx(math.degrees(t) / 2, abs=1e-5)

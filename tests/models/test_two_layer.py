@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -6,11 +7,13 @@ import torch
 from geomlab.models.two_layer import (
     activation_derivative,
     forward,
+    gamma_value,
     gradient_step,
     init_inner_weights,
     init_outer_weights,
     inner_weight_gradient,
     inner_weight_gradient_autograd,
+    lr_value,
     mean_squared_error,
     output_scale,
 )
@@ -80,3 +83,55 @@ def test_relu_derivative_and_errors():
         init_inner_weights(0, 3)
     with pytest.raises(ValueError, match="shape mismatch"):
         mean_squared_error(torch.zeros(3, 1), torch.zeros(3))
+
+
+def test_options_are_string_enums_with_the_config_text():
+    from geomlab.models.two_layer import (
+        Activation,
+        GammaScale,
+        LrScale,
+        OuterInit,
+        Parameterization,
+    )
+
+    assert [m.value for m in GammaScale] == ["1", "1/sqrt(k)", "1/k"]
+    assert [m.value for m in LrScale] == ["1", "sqrt(k)"]
+    assert GammaScale("1/sqrt(k)") is GammaScale.INV_SQRT_K and str(GammaScale.INV_K) == "1/k"
+    assert Activation("relu") == "relu" and f"{Parameterization.NOTEBOOK}" == "notebook"
+    assert OuterInit.NOTEBOOK_BINARY == "notebook_binary"
+
+
+def test_gamma_and_lr_rules():
+    from geomlab.models.two_layer import GammaScale, LrScale
+
+    assert GammaScale.ONE.gamma(1250) == 1.0
+    assert GammaScale.INV_SQRT_K.gamma(1250) == pytest.approx(1 / math.sqrt(1250))
+    assert GammaScale.INV_K.gamma(1250) == pytest.approx(1 / 1250)
+    assert LrScale.SQRT_K.lr(2.0, 1250) == pytest.approx(2 * math.sqrt(1250))
+    assert LrScale.ONE.lr(2.0, 1250) == 2.0
+    assert gamma_value("1/k", 4) == 0.25 and lr_value(0.5, "sqrt(k)", 16) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: lr_value(1.0, "k", 4),
+         "unknown lr scale 'k'; choose one of 1, sqrt(k)"),
+        (lambda: gamma_value("1/sqrtk", 4),
+         "unknown gamma scale '1/sqrtk'"),
+        (lambda: init_outer_weights(4, kind="binary"), "unknown outer init 'binary'"),
+        (lambda: forward(torch.zeros(1, 2), torch.zeros(3, 2), torch.zeros(3),
+                         activation="swish", scale=1.0), "unknown activation 'swish'"),
+    ],
+)  # fmt: skip
+def test_unknown_options_raise_naming_the_choices(call, message):
+    # lr_value used to return the bare coefficient for any unknown rule.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_default_outer_init_follows_the_parameterization():
+    from geomlab.models.two_layer import OuterInit, default_outer_init
+
+    assert default_outer_init("notebook") is OuterInit.NOTEBOOK_BINARY
+    assert default_outer_init("standard") is OuterInit.RADEMACHER

@@ -17,9 +17,8 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import shutil
 import struct
-import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from geomlab import io
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
@@ -112,13 +113,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = Fa
     """Write a uint8 array as an IDX file (atomically; gzipped if ``compress``)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        raw = header + array.tobytes()
-        tmp.write(gzip.compress(raw, mtime=0) if compress else raw)
-    os.replace(tmp.name, path)
-    return path
+    raw = header + array.tobytes()
+    return io.atomic_write_bytes(Path(path), gzip.compress(raw, mtime=0) if compress else raw)
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -237,17 +233,55 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _ChecksumMismatch(Exception):
+    pass
+
+
+class _DeadlineExceeded(Exception):
+    pass
+
+
+def _fetch(url: str, tmp: Path, expected_md5: str, timeout: float, deadline: float) -> None:
+    """Download ``url`` into ``tmp`` and check its MD5 (the caller renames it into place).
+
+    ``timeout`` bounds each network read; ``deadline`` (a ``time.monotonic()`` instant) bounds
+    the whole download, checked after every read, so a mirror that drips bytes cannot hold it
+    for longer than the deadline plus one read."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _DeadlineExceeded
+    with (
+        urllib.request.urlopen(url, timeout=min(timeout, remaining)) as response,
+        open(tmp, "wb") as out,
+    ):
+        while chunk := response.read1(1 << 16):
+            out.write(chunk)
+            if time.monotonic() > deadline:
+                raise _DeadlineExceeded
+    actual = _md5(tmp)
+    if actual != expected_md5:
+        raise _ChecksumMismatch(f"MD5 {actual} != expected {expected_md5}")
+
+
 def download_mnist(
     dest: str | os.PathLike | None = None,
     *,
     mirrors: Sequence[str] = DEFAULT_MIRRORS,
     checksums: Mapping[str, str] = MNIST_MD5,
     timeout: float = 60.0,
+    deadline: float = 900.0,
     log=None,
 ) -> list[Path]:
     """Download the four gzipped IDX files into ``<dest>/mnist`` (default ``$GEOMLAB_DATA`` or
     ``~/.cache/geomlab``), trying mirrors in order and verifying each file's MD5. Files already
-    present with the right checksum are kept. Returns the file paths."""
+    present with the right checksum are kept. Returns the file paths.
+
+    ``timeout`` (seconds) bounds each network read, ``deadline`` (seconds) the whole call: past
+    it the download stops with :class:`MNISTDataError`. A failed or stopped download leaves no
+    partial file behind (each is written through :func:`geomlab.io.atomic_write`)."""
+    if not deadline > 0:
+        raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
+    until = time.monotonic() + deadline
     folder = (Path(dest).expanduser() if dest is not None else default_data_root()) / "mnist"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -259,23 +293,20 @@ def download_mnist(
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + name
-            tmp = folder / f".{name}.part"
             try:
-                with (
-                    urllib.request.urlopen(url, timeout=timeout) as response,
-                    open(tmp, "wb") as out,
-                ):
-                    shutil.copyfileobj(response, out)
-            except (urllib.error.URLError, OSError) as error:
+                io.atomic_write(
+                    target,
+                    lambda tmp, url=url, md5=expected: _fetch(url, tmp, md5, timeout, until),
+                )
+            except _DeadlineExceeded:
+                raise MNISTDataError(
+                    f"downloading MNIST took longer than its deadline of {deadline:g} s (at "
+                    f"{url}); nothing partial was kept: retry, pick a faster --mirror or give "
+                    "a longer --deadline"
+                ) from None
+            except (urllib.error.URLError, OSError, _ChecksumMismatch) as error:
                 failures.append(f"{url}: {error}")
-                tmp.unlink(missing_ok=True)
                 continue
-            actual = _md5(tmp)
-            if actual != expected:
-                failures.append(f"{url}: MD5 {actual} != expected {expected}")
-                tmp.unlink(missing_ok=True)
-                continue
-            os.replace(tmp, target)
             if log is not None:
                 log(f"downloaded {url}")
             break

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from geomlab.models.two_layer import activation_function
+from geomlab.models.two_layer import Activation, activation_function
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def single_index_targets(
     x: torch.Tensor,
     beta: torch.Tensor,
     *,
-    activation: str,
+    activation: Activation | str,
     noise_std: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -86,3 +86,44 @@ def single_index_targets(
     clean = activation_function(activation)(x @ beta)
     noise = torch.randn(x.shape[0], generator=generator, dtype=x.dtype)
     return clean + noise_std * noise
+
+
+@dataclass(frozen=True)
+class SpikedTeacherData:
+    """Train and test sets of spiked data with single-index teacher targets (one teacher β)."""
+
+    x: torch.Tensor
+    bulk: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    beta: torch.Tensor
+    zeta: float
+
+
+def draw_teacher_data(
+    q: torch.Tensor,
+    *,
+    teacher: Activation | str,
+    n_train: int,
+    n_test: int,
+    nu: float,
+    alpha: float = 0.0,
+    label_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> SpikedTeacherData:
+    """Teacher β, then train data and labels, then test data and labels (the notebook's order),
+    all with spike ``q`` and ζ = n_train^ν, in ``q``'s dtype on the CPU generator's device."""
+    beta = random_unit_vector(q.shape[0], generator=generator, dtype=q.dtype)
+    zeta = spike_strength(n_train, nu)
+    train = sample_spiked_gaussian(n_train, q=q, zeta=zeta, alpha=alpha, generator=generator)
+    y = single_index_targets(
+        train.x, beta, activation=teacher, noise_std=label_noise, generator=generator
+    )
+    test = sample_spiked_gaussian(n_test, q=q, zeta=zeta, alpha=alpha, generator=generator)
+    y_test = single_index_targets(
+        test.x, beta, activation=teacher, noise_std=label_noise, generator=generator
+    )
+    return SpikedTeacherData(
+        x=train.x, bulk=train.bulk, y=y, x_test=test.x, y_test=y_test, beta=beta, zeta=zeta
+    )

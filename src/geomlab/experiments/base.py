@@ -8,25 +8,109 @@ returns a :class:`RunResult`. The runner owns directories, manifests and atomic 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
-import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from geomlab.geometry.gates import GateResult
+from geomlab.config import build_config
+
+if TYPE_CHECKING:  # the registry and `geomlab list` import this module without torch
+    import torch
+
+    from geomlab.geometry.gates import GateResult
 
 T = TypeVar("T")
 
 
-class ExperimentConfig(BaseModel):
-    """Base class of every experiment config: unknown keys are errors, assignment validates."""
+SEED_LIMIT = 2**63  # torch and numpy take seeds as 64-bit integers
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+"""A random seed: 0 <= seed < 2**63 (larger ones overflow inside torch/numpy)."""
+
+
+def _unique_seeds(seeds: list[int]) -> list[int]:
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ValueError(
+            f"seeds must be unique; {', '.join(map(str, repeated))} listed more than once "
+            "(a repeated seed would be counted twice in every mean)"
+        )
+    return seeds
+
+
+SeedList = Annotated[list[Seed], AfterValidator(_unique_seeds)]
+"""A list of distinct :data:`Seed` values."""
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - e.g. Windows
+        return None
+
+
+def _non_finite_path(value: Any, path: str) -> str | None:
+    """The dotted path of the first non-finite float inside ``value`` (models, lists, dicts)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        items: Iterable[tuple[Any, Any]] = ((name, getattr(value, name)) for name in fields)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_path(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+class ExperimentConfig(BaseModel):
+    """Base class of every experiment config, validated before any work starts:
+
+    - unknown keys are errors, assignment validates;
+    - every float is finite, also inside lists and nested models (``inf``/``NaN`` given as
+      ``--set x=Infinity`` would only fail deep inside the math);
+    - :meth:`memory_estimates` (per field, in bytes) must fit in this machine's memory, so an
+      absurd size fails here, naming its field, instead of trying to allocate terabytes.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def memory_estimates(self) -> dict[str, float]:
+        """Bytes the run needs at least, keyed by the config field that drives it (a lower
+        bound: the largest arrays). Experiments override this; the base needs none."""
+        return {}
+
+    @model_validator(mode="after")
+    def _finite_and_fits(self) -> ExperimentConfig:
+        if self.model_config.get("allow_inf_nan") is False:
+            path = _non_finite_path(self, "")
+            if path is not None:
+                raise ValueError(f"field '{path}' must be a finite number")
+        total = physical_memory_bytes()
+        for name, needed in self.memory_estimates().items():
+            if total is not None and needed > total:
+                raise ValueError(
+                    f"field '{name}' = {getattr(self, name, '?')} needs at least "
+                    f"{needed / 2**30:.3g} GiB, more than this machine's "
+                    f"{total / 2**30:.3g} GiB of memory"
+                )
+        return self
 
 
 class RunContext(Protocol):
@@ -76,8 +160,8 @@ class Experiment:
     run: Callable[[Any, RunContext], RunResult]
     default_preset: str = "paper"
 
-    def make_config(self, preset: str | None = None, overrides: dict[str, Any] | None = None):
+    def make_config(
+        self, preset: str | None = None, overrides: dict[str, Any] | None = None
+    ) -> ExperimentConfig:
         """Preset values, then overrides, validated together (errors name the field)."""
-        from geomlab.config import build_config
-
         return build_config(self, preset or self.default_preset, overrides or {})

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from geomlab.experiments.base import Experiment, RunContext, RunResult
+from geomlab.experiments.base import Experiment, RunContext, RunResult, Seed
 from geomlab.experiments.softmax_common import (
     ClusterSoftmaxConfig,
     LoadedData,
@@ -52,7 +52,7 @@ class Config(ClusterSoftmaxConfig):
         min_length=1,
         description="two_block: the notebook's family; log_uniform: random per coordinate",
     )
-    scaling_seed: int = Field(0, ge=0, description="seed of the log_uniform patterns")
+    scaling_seed: Seed = Field(0, description="seed of the log_uniform patterns")
     gate_rel_tol: float | None = Field(
         None, gt=0, lt=1, description="Gate A relative tolerance; none: max(1e-8, P * eps(dtype))"
     )

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from geomlab.data.synthetic import gaussian_clusters
-from geomlab.experiments.base import ExperimentConfig
+from geomlab.experiments.base import ExperimentConfig, Seed, SeedList
 from geomlab.geometry.curvature import LossKind
 from geomlab.models.loading import ImportPathError, is_import_path, resolve_import_path
 from geomlab.models.mlp import Activation
@@ -34,9 +34,9 @@ class ClusterSoftmaxConfig(ExperimentConfig):
     n_classes: int = Field(10, ge=2, le=1000, description="classes C (<= n_features)")
     noise_std: float = Field(1.0, gt=0, description="std of the isotropic noise around centres")
     center_scale: float = Field(2.5, gt=0, description="norm of every class centre")
-    data_seed: int = Field(42, ge=0, description="seed of the data draw")
+    data_seed: Seed = Field(42, description="seed of the data draw")
     n_seeds: int = Field(10, ge=1, le=10_000, description="model seeds 0..n_seeds-1")
-    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
+    seeds: SeedList | None = Field(
         None, min_length=1, description="explicit model seeds; overrides n_seeds"
     )
     rcond: float = Field(1e-8, ge=0, lt=1, description="relative eigenvalue cutoff of F^+")
@@ -83,6 +83,10 @@ class ClusterSoftmaxConfig(ExperimentConfig):
                 f"n_samples ({self.n_samples}) must be >= n_classes ({self.n_classes})"
             )
         return self
+
+    def memory_estimates(self) -> dict[str, float]:
+        itemsize = 8 if self.dtype == "float64" else 4
+        return {"n_samples": self.n_samples * (self.n_features * itemsize + 8)}  # X and labels
 
     @property
     def seed_list(self) -> list[int]:

@@ -1,27 +1,33 @@
-"""Directional input derivatives of the cross-entropy loss, and λ estimated from them.
+"""Directional input derivatives of the loss, and λ estimated from them.
 
 For an input x, label y and unit direction u, ``d_n = dⁿ/dtⁿ CE(f(x + t u), y)`` at t = 0.
 
-Two implementations of the same numbers:
+Three implementations of the same numbers (docs/derivatives.md):
 
 * :func:`nested_directional_derivatives` — the reference. Repeated reverse-mode autograd with
   respect to the input (``d_{n+1} = ∇_x d_n · u``), one forward pass per direction. Works for any
   differentiable model; costs one extra backward graph per order.
-* :func:`fast_directional_derivatives` — exact for networks that are piecewise linear in their
-  input (convolution, linear, ReLU, max-pool, dropout with a mask fixed during the pass, affine
-  eval-mode batch norm). Near x the logits move on a line, ``z(x + t u) = z + t v`` with
-  ``v = J u``, so the derivatives are those of ``t ↦ CE(z + t v, y)``: ``E_p[v] − v_y`` for
-  n = 1 and the n-th cumulant of ``v_C`` with ``C ~ softmax(z)`` for n ≥ 2. One forward-mode
-  pass (all directions batched, the primal computed once) gives every order, and reverse mode
-  through it gives parameter gradients.
+* the cumulant path of :func:`fast_directional_derivatives` — exact for networks that are
+  piecewise linear in their input (convolution, linear, ReLU, max-pool, dropout with a mask fixed
+  during the pass, affine eval-mode batch norm). Near x the logits move on a line,
+  ``z(x + t u) = z + t v`` with ``v = J u``, so the derivatives are those of
+  ``t ↦ CE(z + t v, y)``: ``E_p[v] − v_y`` for n = 1 and the n-th cumulant of ``v_C`` with
+  ``C ~ softmax(z)`` for n ≥ 2. One forward-mode pass (all directions batched, the primal
+  computed once) gives every order, and reverse mode through it gives parameter gradients.
+* :func:`taylor_directional_derivatives` — Taylor mode (:mod:`geomlab.geometry.taylor`): the
+  truncated Taylor polynomials of every activation along all directions in one pass, exact for
+  any model made of ops with a rule (smooth activations, normalization layers, products, …).
 
-:func:`check_piecewise_linear` decides whether the fast path is exact for a model by tracing the
-aten ops of one forward pass and following which tensors depend on the input;
-:func:`directional_derivatives` uses the fast path only when that check passes.
+``method="fast"`` means the cumulant path when :func:`check_piecewise_linear` passes, else
+Taylor mode; it raises naming an op without a Taylor rule, and ``"auto"`` falls back to the
+reference only then. BatchNorm: the penalty's passes never change running statistics and hold
+train-mode batch statistics constant along the direction
+(:mod:`geomlab.geometry.batch_statistics`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,181 +37,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from geomlab.geometry.batch_statistics import (
+    BatchStatistics,
+    PrimitiveLayerNorm,
+    has_training_modules,
+    isolated_buffers,
+)
+from geomlab.geometry.eligibility import (  # noqa: F401 - re-exported for callers
+    Eligibility,
+    check_piecewise_linear,
+    probe_batch,
+    rng_devices,
+)
+from geomlab.geometry.taylor import (
+    Loss,
+    UnsupportedOperation,
+    loss_derivatives_from_series,
+    taylor_forward,
+)
 
 Method = Literal["auto", "fast", "nested"]
+FastPath = Literal["linear", "taylor"]
 
 DIRECTION_NORM_EPS = 1e-12
 LOG_ABS_FLOOR = 1e-12
-
-# --- eligibility -------------------------------------------------------------------------------
-
-# Ops whose output does not depend on the *values* of their tensor arguments.
-_VALUE_FREE_OPS = frozenset(
-    {
-        "empty_like",
-        "zeros_like",
-        "ones_like",
-        "full_like",
-        "rand_like",
-        "randn_like",
-        "new_empty",
-        "new_zeros",
-        "new_ones",
-        "new_full",
-        "bernoulli",
-        "sym_size",
-        "sym_stride",
-        "sym_numel",
-        "size",
-        "stride",
-        "is_same_size",
-    }
-)
-# Affine in their input-dependent arguments jointly (any number of them may depend on x).
-_AFFINE_OPS = frozenset(
-    {
-        "add",
-        "sub",
-        "neg",
-        "view",
-        "_unsafe_view",
-        "reshape",
-        "t",
-        "transpose",
-        "permute",
-        "expand",
-        "clone",
-        "contiguous",
-        "slice",
-        "select",
-        "cat",
-        "stack",
-        "squeeze",
-        "unsqueeze",
-        "flatten",
-        "detach",
-        "alias",
-        "sum",
-        "mean",
-        "avg_pool2d",
-        "adaptive_avg_pool2d",
-        "copy",
-        "split",
-        "split_with_sizes",
-        "unbind",
-        "index_select",
-        "_to_copy",
-        "constant_pad_nd",
-        "_native_batch_norm_legit_no_training",
-    }
-)
-# Linear in each argument separately: exact only if at most one factor depends on x.
-_BILINEAR_OPS = {
-    "mul": (0, 1),
-    "mm": (0, 1),
-    "bmm": (0, 1),
-    "matmul": (0, 1),
-    "addmm": (1, 2),
-    "baddbmm": (1, 2),
-    "linear": (0, 1),
-    "convolution": (0, 1),
-    "_convolution": (0, 1),
-    "conv2d": (0, 1),
-    "conv1d": (0, 1),
-}
-# Piecewise linear: autograd differentiates them as locally linear maps.
-_PIECEWISE_LINEAR_OPS = frozenset(
-    {
-        "relu",
-        "threshold",
-        "max_pool1d",
-        "max_pool2d",
-        "max_pool2d_with_indices",
-        "max_pool3d_with_indices",
-        "leaky_relu",
-        "hardtanh",
-        "abs",
-        "clamp_min",
-        "clamp_max",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Eligibility:
-    """Whether the fast path is exact for a model, and why not if it is not."""
-
-    eligible: bool
-    reason: str
-    offending_ops: tuple[str, ...] = ()
-
-
-class _InputDependenceTracer(TorchDispatchMode):
-    """Follows which tensors depend on the input and records ops that are not piecewise linear."""
-
-    def __init__(self, tracked: torch.Tensor) -> None:
-        super().__init__()
-        # Keep the tensors alive so that ids are not reused during the trace.
-        self._alive: list[torch.Tensor] = [tracked]
-        self._ids = {id(tracked)}
-        self.offending: list[str] = []
-
-    def is_tracked(self, value: object) -> bool:
-        return isinstance(value, torch.Tensor) and id(value) in self._ids
-
-    def _track(self, outputs: object) -> None:
-        for value in tree_flatten(outputs)[0]:
-            if isinstance(value, torch.Tensor):
-                self._alive.append(value)
-                self._ids.add(id(value))
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        outputs = func(*args, **kwargs)
-        flat_args = tree_flatten((args, kwargs))[0]
-        if not any(self.is_tracked(a) for a in flat_args):
-            return outputs
-        name = func.overloadpacket.__name__.rstrip("_")
-        if name in _VALUE_FREE_OPS:
-            return outputs
-        if name in _BILINEAR_OPS:
-            positions = _BILINEAR_OPS[name]
-            tracked_factors = sum(self.is_tracked(args[i]) for i in positions if i < len(args))
-            if tracked_factors > 1:
-                self.offending.append(f"{name} (product of two input-dependent tensors)")
-        elif name == "div":
-            if len(args) > 1 and self.is_tracked(args[1]):
-                self.offending.append("div (input-dependent denominator)")
-        elif name not in _AFFINE_OPS and name not in _PIECEWISE_LINEAR_OPS:
-            self.offending.append(name)
-        self._track(outputs)
-        return outputs
-
-
-def check_piecewise_linear(model: nn.Module, example_inputs: torch.Tensor) -> Eligibility:
-    """Trace one forward pass on ``example_inputs[:1]`` and decide if the logits are piecewise
-    linear in the input (so that the fast path is exact).
-
-    The trace runs under ``no_grad`` and a forked RNG, so it does not change the random stream
-    (dropout masks) of the caller. The model's current train/eval mode is the one checked.
-    """
-    probe = example_inputs[:1].detach().clone()
-    devices = []
-    if probe.device.type == "cuda":  # fork_rng wants CUDA device indices
-        index = probe.device.index
-        devices = [index if index is not None else torch.cuda.current_device()]
-    tracer = _InputDependenceTracer(probe)
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), tracer:
-        logits = model(probe)
-    if not tracer.is_tracked(logits):
-        return Eligibility(False, "the logits do not depend on the input tensor")
-    if tracer.offending:
-        ops = tuple(dict.fromkeys(tracer.offending))
-        return Eligibility(False, f"not piecewise linear in the input: {', '.join(ops)}", ops)
-    return Eligibility(True, "piecewise linear in the input")
-
 
 # --- directions --------------------------------------------------------------------------------
 
@@ -236,19 +92,38 @@ def nested_directional_derivatives(
     *,
     max_order: int,
     create_graph: bool = False,
+    batch_statistics: BatchStatistics | None = None,
+    loss: Loss = "cross_entropy",
 ) -> torch.Tensor:
     """Reference ``d_n`` for n = 1..max_order by repeated input gradients.
+
+    ``loss``: cross-entropy on integer ``labels`` ``[B]``, or ``"mse"``, the per-sample mean
+    squared error against ``labels`` of the outputs' shape.
 
     ``directions`` has shape ``[K, *inputs.shape]``; each direction gets its own forward pass
     (so in train mode each gets its own dropout mask, as in the notebook). Returns
     ``[max_order, K, B]``. With ``create_graph`` the result is differentiable in the parameters.
+
+    LayerNorm runs from its primitives (torch's fused op is wrong from order 3 on under nested
+    autograd). BatchNorm (see :mod:`geomlab.geometry.batch_statistics`): the passes never change the
+    model's buffers, and train-mode batch statistics are held constant along the direction:
+    those captured in ``batch_statistics`` (e.g. from the training step's own forward pass) or,
+    if None and some submodule is in train mode, from one extra pass on ``inputs`` (under a
+    forked RNG, so the caller's random stream is unchanged).
     """
     _check_shapes(inputs, labels, directions, max_order)
+    if batch_statistics is None and has_training_modules(model):
+        batch_statistics = capture_batch_statistics(model, inputs, differentiable=create_graph)
     per_direction = []
     for direction in directions:
         x = inputs.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            scalar = F.cross_entropy(model(x), labels, reduction="sum")
+        with (
+            torch.enable_grad(),
+            isolated_buffers(model),
+            _substituted(batch_statistics),
+            PrimitiveLayerNorm(),
+        ):
+            scalar = _summed_loss(model(x), labels, loss)
             orders = []
             for n in range(1, max_order + 1):
                 keep_graph = create_graph or n < max_order
@@ -259,6 +134,36 @@ def nested_directional_derivatives(
         per_direction.append(torch.stack(orders))
     result = torch.stack(per_direction, dim=1)
     return result if create_graph else result.detach()
+
+
+def _summed_loss(outputs: torch.Tensor, labels: torch.Tensor, loss: Loss) -> torch.Tensor:
+    if loss == "cross_entropy":
+        return F.cross_entropy(outputs, labels, reduction="sum")
+    if loss == "mse":
+        return F.mse_loss(outputs, labels, reduction="none").flatten(1).mean(dim=1).sum()
+    raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
+
+
+def capture_batch_statistics(
+    model: nn.Module, inputs: torch.Tensor, *, differentiable: bool
+) -> BatchStatistics:
+    """Train-mode batch statistics of one pass on ``inputs`` (forked RNG, buffers untouched);
+    ``differentiable``: keep their graph to the parameters."""
+    statistics = BatchStatistics()
+    with (
+        torch.random.fork_rng(devices=rng_devices(inputs)),
+        torch.set_grad_enabled(differentiable),
+        isolated_buffers(model),
+        statistics.capturing(),
+    ):
+        model(inputs.detach())
+    return statistics
+
+
+def _substituted(batch_statistics: BatchStatistics | None):
+    if batch_statistics is None or not batch_statistics.moments:
+        return contextlib.nullcontext()
+    return batch_statistics.substituting()
 
 
 # --- fast path: one JVP, cumulants ------------------------------------------------------------
@@ -335,6 +240,72 @@ def loss_derivatives_along_tangents(
     return torch.stack(orders)
 
 
+def taylor_directional_derivatives(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    directions: torch.Tensor,
+    *,
+    max_order: int,
+    loss: Loss = "cross_entropy",
+    batch_statistics: BatchStatistics | None = None,
+    isolate_buffers: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d, outputs)`` by Taylor mode (:mod:`geomlab.geometry.taylor`): one forward pass
+    carries the truncated Taylor polynomials of every activation along all K directions; exact
+    for any model made of ops with a rule, differentiable in the parameters. Raises
+    :class:`~geomlab.geometry.taylor.UnsupportedOperation` naming an op without a rule.
+
+    When the outputs come out linear in t (piecewise-linear nets) the cross-entropy
+    derivatives are the cumulants of :func:`loss_derivatives_along_tangents`.
+    ``batch_statistics``: train-mode BatchNorm statistics to hold fixed (else those of this
+    batch, constant along the direction); ``isolate_buffers=False`` lets the pass update
+    running statistics (only for a pass that is also the training step's forward).
+    """
+    _check_shapes(inputs, labels, directions, max_order)
+    buffers = isolated_buffers(model) if isolate_buffers else contextlib.nullcontext()
+    with buffers, _substituted(batch_statistics):
+        outputs, coefficients = taylor_forward(model, inputs, directions, max_order=max_order)
+    if loss == "cross_entropy" and len(coefficients) == 1:
+        values = loss_derivatives_along_tangents(
+            outputs, coefficients[0], labels, max_order=max_order
+        )
+    else:
+        values = loss_derivatives_from_series(
+            outputs, coefficients, labels, max_order=max_order, loss=loss
+        )
+    return values, outputs
+
+
+def check_taylor(model: nn.Module, example_inputs: torch.Tensor) -> Eligibility:
+    """Whether Taylor mode has a rule for every op of the model's forward pass (in its current
+    mode): one pass on two samples under ``no_grad``, a forked RNG and private buffers. A pass
+    that raises otherwise makes the model ineligible (the reason says why)."""
+    probe = probe_batch(example_inputs)
+    direction = torch.ones_like(probe).unsqueeze(0)
+    try:
+        with (
+            torch.random.fork_rng(devices=rng_devices(probe)),
+            torch.no_grad(),
+            isolated_buffers(model),
+        ):
+            taylor_forward(model, probe, direction, max_order=2)
+    except UnsupportedOperation as error:
+        return Eligibility(False, str(error), (error.op,))
+    except Exception as error:  # noqa: BLE001 - an untraceable model is ineligible, not fatal
+        return Eligibility(False, f"the trace failed: {type(error).__name__}: {error}")
+    return Eligibility(True, "every op has a Taylor-mode rule")
+
+
+def choose_fast_path(model: nn.Module, example_inputs: torch.Tensor) -> FastPath | Eligibility:
+    """``"linear"`` (cumulant path) when the model is piecewise linear in its input, else
+    ``"taylor"`` when every op has a rule, else the Taylor :class:`Eligibility` saying why not."""
+    if check_piecewise_linear(model, example_inputs).eligible:
+        return "linear"
+    verdict = check_taylor(model, example_inputs)
+    return "taylor" if verdict.eligible else verdict
+
+
 def fast_directional_derivatives(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -342,11 +313,23 @@ def fast_directional_derivatives(
     directions: torch.Tensor,
     *,
     max_order: int,
+    path: FastPath | None = None,
+    batch_statistics: BatchStatistics | None = None,
+    isolate_buffers: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d, logits)``: ``d`` ``[max_order, K, B]`` by the exact fast path, and the logits of the
-    same forward pass. Only exact for piecewise-linear models (see :func:`check_piecewise_linear`);
-    prefer :func:`directional_derivatives`, which checks."""
+    same forward pass. ``path`` None picks it: the cumulant path (one JVP) when the model is
+    piecewise linear in its input (:func:`check_piecewise_linear`), else Taylor mode, which
+    raises naming an op without a rule. Prefer :func:`directional_derivatives`, which falls back
+    to the reference."""
     _check_shapes(inputs, labels, directions, max_order)
+    if path is None:
+        path = "linear" if check_piecewise_linear(model, inputs).eligible else "taylor"
+    if path == "taylor":
+        return taylor_directional_derivatives(
+            model, inputs, labels, directions, max_order=max_order,
+            batch_statistics=batch_statistics, isolate_buffers=isolate_buffers,
+        )  # fmt: skip
     logits, tangents = logits_and_tangents(model, inputs, directions)
     return loss_derivatives_along_tangents(logits, tangents, labels, max_order=max_order), logits
 
@@ -356,11 +339,13 @@ def fast_directional_derivatives(
 
 @dataclass
 class DirectionalDerivatives:
-    """``values`` ``[max_order, K, B]``; ``logits`` of the pass (fast path only); the method."""
+    """``values`` ``[max_order, K, B]``; ``logits`` of the pass (fast path only); the method
+    and, for the fast one, which path (``"linear"`` cumulants or ``"taylor"``)."""
 
     values: torch.Tensor
     method: Literal["fast", "nested"]
     logits: torch.Tensor | None = None
+    path: FastPath | None = None
 
 
 def directional_derivatives(
@@ -373,47 +358,78 @@ def directional_derivatives(
     method: Method = "auto",
     create_graph: bool = False,
 ) -> DirectionalDerivatives:
-    """Directional loss derivatives by the fast path when it is exact, else the reference.
+    """Directional loss derivatives by the exact fast path (cumulant or Taylor mode) when the
+    model allows it, else the nested reference.
 
-    ``method="fast"`` on a model that is not piecewise linear raises ``ValueError`` rather than
-    returning wrong numbers; ``"auto"`` falls back to the nested reference.
+    ``method="fast"`` raises ``ValueError`` naming the op when an op has no Taylor-mode rule;
+    ``"auto"`` falls back to the nested reference only then.
     """
     if method not in ("auto", "fast", "nested"):
         raise ValueError(f"method must be 'auto', 'fast' or 'nested', got {method!r}")
-    use_fast = False
+    path: FastPath | None = None
     if method != "nested":
-        eligibility = check_piecewise_linear(model, inputs)
-        if method == "fast" and not eligibility.eligible:
-            raise ValueError(f"the fast derivative path is not exact here: {eligibility.reason}")
-        use_fast = eligibility.eligible
-    if use_fast:
-        if create_graph:
-            values, logits = fast_directional_derivatives(
-                model, inputs, labels, directions, max_order=max_order
-            )
+        choice = choose_fast_path(model, inputs)
+        if isinstance(choice, Eligibility):
+            if method == "fast":
+                raise ValueError(f"the fast derivative path is not exact here: {choice.reason}")
         else:
-            with torch.no_grad():
-                values, logits = fast_directional_derivatives(
-                    model, inputs, labels, directions, max_order=max_order
-                )
-        return DirectionalDerivatives(values, "fast", logits)
+            path = choice
+    if path is not None:
+        with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+            values, logits = fast_directional_derivatives(
+                model, inputs, labels, directions, max_order=max_order, path=path
+            )
+        return DirectionalDerivatives(values, "fast", logits, path)
     values = nested_directional_derivatives(
         model, inputs, labels, directions, max_order=max_order, create_graph=create_graph
     )
     return DirectionalDerivatives(values, "nested")
 
 
-def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
-    """``"fast"`` or ``"nested"`` for this model (in its current mode); ``"fast"`` on a model
-    that is not piecewise linear is an error. Check once, then call the paths directly."""
+def resolve_path(
+    model: nn.Module, example_inputs: torch.Tensor, method: Method
+) -> Literal["linear", "taylor", "nested"]:
+    """The path ``method`` means for this model (in its current mode): ``"linear"`` (cumulants)
+    or ``"taylor"`` for ``fast``/``auto`` when exact, ``"nested"`` otherwise; ``"fast"`` on a
+    model with an op without a rule is an error naming the op."""
+    if method not in ("auto", "fast", "nested"):
+        raise ValueError(f"method must be 'auto', 'fast' or 'nested', got {method!r}")
     if method == "nested":
         return "nested"
-    eligibility = check_piecewise_linear(model, example_inputs)
-    if eligibility.eligible:
-        return "fast"
+    choice = choose_fast_path(model, example_inputs)
+    if not isinstance(choice, Eligibility):
+        return choice
     if method == "fast":
-        raise ValueError(f"the fast derivative path is not exact here: {eligibility.reason}")
+        raise ValueError(f"the fast derivative path is not exact here: {choice.reason}")
     return "nested"
+
+
+def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
+    """``"fast"`` or ``"nested"`` for this model (in its current mode): fast when it is
+    piecewise linear or every op has a Taylor-mode rule; ``"fast"`` on a model with an op
+    without a rule is an error naming the op. Check once, then call the paths directly."""
+    return "nested" if resolve_path(model, example_inputs, method) == "nested" else "fast"
+
+
+def derivatives_by_path(
+    path: Literal["linear", "taylor", "nested"],
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    directions: torch.Tensor,
+    *,
+    max_order: int,
+) -> torch.Tensor:
+    """``d`` ``[max_order, K, B]`` (no graph) by a path chosen with :func:`resolve_path`."""
+    if path == "nested":
+        return nested_directional_derivatives(
+            model, inputs, labels, directions, max_order=max_order
+        )
+    with torch.no_grad():
+        values, _ = fast_directional_derivatives(
+            model, inputs, labels, directions, max_order=max_order, path=path
+        )
+    return values
 
 
 @dataclass
@@ -435,7 +451,7 @@ def class_selective_loss(
     scale: float,
     max_order: int,
     num_directions: int,
-    method: Literal["fast", "nested"],
+    method: Literal["fast", "nested", "linear", "taylor"],
     generator: torch.Generator | None = None,
 ) -> PenalizedLoss:
     """The notebook's training loss: mean cross-entropy on the batch plus
@@ -446,6 +462,11 @@ def class_selective_loss(
     penalty is computed in train mode (the notebook forces it). With the fast path and every
     sample penalized, one forward pass serves both terms (shared dropout mask); otherwise the
     cross-entropy has its own forward pass.
+
+    ``method``: ``"fast"`` picks the cumulant or Taylor path per call (a two-sample trace);
+    ``"linear"`` / ``"taylor"`` (from :func:`resolve_path`) skip that check. BatchNorm: the
+    penalty's passes never update running statistics, and train-mode batch statistics are
+    those of the step's forward, held constant along the directions (docs/derivatives.md).
     """
     zero = inputs.new_zeros(())
     if (target_classes is not None and len(target_classes) == 0) or scale == 0:
@@ -466,14 +487,30 @@ def class_selective_loss(
         x = inputs if selected is None else inputs[selected]
         y = labels if selected is None else labels[selected]
         directions = sample_unit_directions(num_directions, x, generator=generator)
+        fast_kwargs = dict(max_order=max_order)
         if method == "fast":
-            values, logits = fast_directional_derivatives(
-                model, x, y, directions, max_order=max_order
+            fast_kwargs["path"] = (
+                "linear" if check_piecewise_linear(model, x).eligible else "taylor"
             )
-            ce_logits = logits if selected is None else model(inputs)
-        else:
-            values = nested_directional_derivatives(
-                model, x, y, directions, max_order=max_order, create_graph=True
+        elif method in ("linear", "taylor"):
+            fast_kwargs["path"], method = method, "fast"
+        elif method != "nested":
+            raise ValueError(f"method must be fast, nested, linear or taylor, got {method!r}")
+        if method == "fast" and selected is None:
+            # one forward pass is both the step's forward (its buffer updates are the step's
+            # own) and the penalty's
+            values, ce_logits = fast_directional_derivatives(
+                model, x, y, directions, isolate_buffers=False, **fast_kwargs
+            )
+        elif has_batch_norm_in_training(model):
+            # the step's forward first: its batch statistics are those the penalty holds fixed
+            statistics = BatchStatistics()
+            with statistics.capturing():
+                ce_logits = model(inputs)
+            values = _penalty_derivatives(model, x, y, directions, method, statistics, fast_kwargs)
+        else:  # penalty passes first, then the step's forward (the notebook's dropout order)
+            values = _penalty_derivatives(
+                model, x, y, directions, method, BatchStatistics(), fast_kwargs
             )
             ce_logits = model(inputs)
     finally:
@@ -481,6 +518,26 @@ def class_selective_loss(
     ce = F.cross_entropy(ce_logits, labels)
     penalty = scale * derivative_penalty(values)
     return PenalizedLoss(ce + penalty, ce, penalty, int(x.shape[0]))
+
+
+def _penalty_derivatives(model, x, y, directions, method, statistics, fast_kwargs):
+    if method == "fast":
+        values, _ = fast_directional_derivatives(
+            model, x, y, directions, batch_statistics=statistics, **fast_kwargs
+        )
+        return values
+    return nested_directional_derivatives(
+        model, x, y, directions, max_order=fast_kwargs["max_order"], create_graph=True,
+        batch_statistics=statistics,
+    )  # fmt: skip
+
+
+def has_batch_norm_in_training(model: nn.Module) -> bool:
+    """Whether a BatchNorm module of ``model`` is in train mode (uses batch statistics)."""
+    return any(
+        isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+        for module in model.modules()
+    )
 
 
 def derivative_penalty(derivatives: torch.Tensor) -> torch.Tensor:
@@ -537,19 +594,41 @@ def boundary_point_indices(
     prob_range: tuple[float, float],
     max_points: int,
     generator: torch.Generator | None = None,
+    boundary: Literal["notebook", "pairwise"] = "notebook",
 ) -> torch.Tensor:
-    """Indices of points whose true label is in ``classes`` and whose top softmax probability
-    lies in ``prob_range`` (inclusive); a seeded random subset of ``max_points`` if more.
-    Returned sorted (ascending)."""
+    """Indices of points near the decision boundary of ``classes``: their top softmax
+    probability lies in ``prob_range`` (inclusive) and
+
+    * ``boundary="notebook"``: their true label is in ``classes`` (the notebook's rule);
+    * ``boundary="pairwise"``: ``classes`` (a pair) are their two most probable classes, in
+      either order, whatever the label (so every point sits between exactly these two).
+
+    A seeded random subset of ``max_points`` if more; returned sorted (ascending)."""
     low, high = prob_range
     top = probs.max(dim=1).values
-    in_classes = torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
+    in_classes = _boundary_rule(probs, labels, classes, boundary)
     candidates = torch.nonzero(in_classes & (top >= low) & (top <= high)).flatten()
     if candidates.numel() > max_points:
         device = generator.device if generator is not None else candidates.device
         order = torch.randperm(candidates.numel(), generator=generator, device=device)
         candidates = candidates[order[:max_points].to(candidates.device)]
     return candidates.sort().values
+
+
+def _boundary_rule(
+    probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], boundary: str
+) -> torch.Tensor:
+    """Boolean mask of :func:`boundary_point_indices`'s class condition."""
+    wanted = torch.as_tensor(list(classes), device=labels.device)
+    if boundary == "notebook":
+        return torch.isin(labels, wanted)
+    if boundary != "pairwise":
+        raise ValueError(f"boundary must be 'notebook' or 'pairwise', got {boundary!r}")
+    if wanted.numel() != 2 or bool(wanted[0] == wanted[1]):
+        raise ValueError(f"boundary='pairwise' needs two different classes, got {list(classes)}")
+    first, second = probs.topk(2, dim=1).indices.to(labels.device).unbind(dim=1)
+    a, b = wanted
+    return ((first == a) & (second == b)) | ((first == b) & (second == a))
 
 
 @dataclass(frozen=True)
@@ -593,10 +672,12 @@ def measure_lambda(
     method: Method = "auto",
     generator: torch.Generator | None = None,
     probs: torch.Tensor | None = None,
+    boundary: Literal["notebook", "pairwise"] = "notebook",
 ) -> LambdaMeasurement:
     """λ at the decision boundary of ``classes`` (eval mode), as in the notebook: boundary points
-    by top probability, ``num_directions`` random unit directions per point and batch, the mean
-    of log|d_n| per order over all (point, direction), and the least-squares slope in n.
+    by top probability (and ``boundary``'s rule, see :func:`boundary_point_indices`),
+    ``num_directions`` random unit directions per point and batch, the mean of log|d_n| per
+    order over all (point, direction), and the least-squares slope in n.
 
     ``generator`` drives both the subsampling and the directions; ``probs`` may be passed when
     already computed for the same model and inputs.
@@ -613,21 +694,20 @@ def measure_lambda(
             prob_range=prob_range,
             max_points=max_points,
             generator=generator,
+            boundary=boundary,
         )
         num_points = int(chosen.numel())
         if num_points < min_points:
             return LambdaMeasurement(tuple(classes), num_points, None, method)
         chunks = []
-        used = method
+        path = resolve_path(model, inputs[chosen], method)  # checked once, not per batch
         for batch in chosen.split(batch_size):
             x, y = inputs[batch], labels[batch]
             directions = sample_unit_directions(num_directions, x, generator=generator)
-            result = directional_derivatives(
-                model, x, y, directions, max_order=max_order, method=method
-            )
-            used = result.method
-            chunks.append(result.values.reshape(max_order, -1))
+            values = derivatives_by_path(path, model, x, y, directions, max_order=max_order)
+            chunks.append(values.reshape(max_order, -1))
         fit = fit_lambda(mean_log_abs(torch.cat(chunks, dim=1)))
+        used = "nested" if path == "nested" else "fast"
         return LambdaMeasurement(tuple(classes), num_points, fit, used)
     finally:
         model.train(was_training)
@@ -638,7 +718,7 @@ def _check_shapes(
 ) -> None:
     if max_order < 1:
         raise ValueError(f"max_order must be ≥ 1, got {max_order}")
-    if labels.shape != inputs.shape[:1]:
+    if labels.shape[:1] != inputs.shape[:1]:
         raise ValueError(f"labels shape {tuple(labels.shape)} != batch {tuple(inputs.shape[:1])}")
     if directions.dim() != inputs.dim() + 1 or directions.shape[1:] != inputs.shape:
         dims = ", ".join(map(str, inputs.shape))

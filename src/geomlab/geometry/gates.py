@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomlab.geometry import linalg
+from geomlab.geometry import linalg, spectral
 
 
 @dataclass
@@ -125,3 +125,119 @@ def allclose_gate(
     return GateResult(
         name, passed, message, scope, {"max_abs_diff": diff, "rel_diff": rel, "rel_tol": rel_tol}
     )
+
+
+def topk_tolerance(solver_tol: float, dtype: torch.dtype) -> float:
+    """The one tolerance for the fast top-k singular values against the full SVD:
+    ``max(10 · solver_tol, 100 · eps(dtype))``.
+
+    The solver stops once the top-k Ritz values change by at most ``solver_tol · σ_1`` between
+    iterations. Ritz values of subspace iteration converge linearly, so with rate ρ the error
+    left is at most ``change · ρ/(1 − ρ)``, i.e. ≤ 10 · solver_tol for any ρ ≤ 10/11; the floor
+    ``100 · eps`` covers rounding in the solve's dtype (1.2e-5 in float32).
+    """
+    return max(10.0 * solver_tol, 100.0 * torch.finfo(dtype).eps)
+
+
+def topk_reference_gate(
+    matrix: torch.Tensor,
+    fast: spectral.SingularTriplets,
+    *,
+    solver_tol: float,
+    name: str = "fast_topk_vs_full_svd",
+    scope: str = "",
+    min_cos_v1: float = 0.999,
+) -> GateResult:
+    """The fast top-k triplets of ``matrix`` against a float64 full SVD of it.
+
+    Passes when the singular values agree to :func:`topk_tolerance` (relative to σ_1) and the
+    leading right singular vectors satisfy |cos(v_1, v_1_ref)| ≥ ``min_cos_v1``.
+    """
+    k = fast.S.numel()
+    reference = spectral.top_singular_triplets_reference(matrix.double(), k)
+    rel_tol = topk_tolerance(solver_tol, fast.S.dtype)
+    gate = allclose_gate(fast.S.double(), reference.S, name=name, scope=scope, rel_tol=rel_tol)
+    cos_v1 = spectral.abs_cos(fast.V[:, 0].double(), reference.V[:, 0])
+    gate.details["cos_v1_vs_reference"] = cos_v1
+    if cos_v1 < min_cos_v1:
+        gate.passed = False
+        gate.message += f"; FAIL: |cos(v1, reference v1)| = {cos_v1:.6f} < {min_cos_v1}"
+    return gate
+
+
+def topk_converged_gate(
+    unconverged: int, *, name: str = "topk_converged", scope: str = ""
+) -> GateResult:
+    """Every fast top-k solve met its tolerance (``unconverged`` = solves that hit max_iter)."""
+    passed = unconverged == 0
+    message = (
+        "PASS: every fast top-k solve met its tolerance"
+        if passed
+        else f"FAIL: {unconverged} fast top-k solves hit svd_max_iter"
+    )
+    return GateResult(name, passed, message, scope, {"unconverged": unconverged})
+
+
+def loss_growth(initial: float, final: float) -> float:
+    """final / initial for a loss; ``inf`` when a zero initial loss became positive, ``nan``
+    when either value is not finite (a non-finite loss counts as a runaway, never as fine)."""
+    if not (math.isfinite(initial) and math.isfinite(final)):
+        return math.nan
+    if initial > 0:
+        return final / initial
+    return 1.0 if final <= 0 else math.inf
+
+
+def runaway_runs(growth: Mapping[str, float], *, max_growth: float) -> list[str]:
+    """Runs whose loss grew more than ``max_growth``-fold, or whose growth is not finite."""
+    return [run for run, value in growth.items() if not value <= max_growth]
+
+
+def loss_growth_gate(
+    growth: Mapping[str, float],
+    *,
+    max_growth: float,
+    expected: Iterable[str] = (),
+    name: str = "train_mse_growth",
+    scope: str = "",
+) -> GateResult:
+    """Runaway check: a run whose loss grew more than ``max_growth``-fold over training (its
+    :func:`loss_growth` > ``max_growth``, or not finite) ran away.
+
+    The gate fails when a run outside ``expected`` ran away. ``expected`` names runs known to
+    diverge (a preset reproducing a notebook's diverging cells): they are still listed as
+    runaways in the details, only they do not fail the gate. Callers keep every runaway run
+    out of headline averages.
+
+    Args:
+        growth: run name -> final loss / initial loss.
+        max_growth: the largest growth factor that still counts as training.
+        expected: run names whose runaway is expected.
+
+    Returns:
+        A :class:`GateResult` whose details hold ``runaway`` and ``unexpected_runaway``
+        (comma-joined run names), ``max_growth`` and the largest growth seen.
+    """
+    expected = set(expected)
+    runaway = runaway_runs(growth, max_growth=max_growth)
+    unexpected = [run for run in runaway if run not in expected]
+    passed = not unexpected
+    finite = [v for v in growth.values() if math.isfinite(v)]
+    largest = max(finite, default=math.nan)
+
+    def listing(runs: list[str]) -> str:
+        return ", ".join(f"{run} (×{growth[run]:.3g})" for run in runs)
+
+    if passed:
+        message = f"PASS: no run's loss grew more than {max_growth:g}-fold"
+        if runaway:
+            message += f" except expected runaways {listing(runaway)}"
+    else:
+        message = f"FAIL: loss grew more than {max_growth:g}-fold in {listing(unexpected)}"
+    details = {
+        "runaway": ",".join(runaway),
+        "unexpected_runaway": ",".join(unexpected),
+        "max_growth": max_growth,
+        "largest_growth": largest,
+    }
+    return GateResult(name, passed, message, scope, details)

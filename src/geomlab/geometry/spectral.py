@@ -193,3 +193,108 @@ def entropy_effective_rank(singular_values: torch.Tensor) -> float:
     p = singular_values / total
     p = p[p > 0]
     return math.exp(float(-(p * p.log()).sum()))
+
+
+def principal_angle_summary_deg(A: torch.Tensor, B: torch.Tensor) -> dict[str, float | int]:
+    """Mean / max / min principal angle (degrees) between the column spaces of ``A`` and
+    ``B`` (e.g. two runs' top-r right singular subspaces), and ``rank`` = columns of ``A``.
+
+    Returns:
+        ``{"rank", "mean_angle_deg", "max_angle_deg", "min_angle_deg"}``.
+    """
+    degrees = torch.rad2deg(principal_angles(A, B))
+    return {
+        "rank": int(A.shape[1]),
+        "mean_angle_deg": float(degrees.mean()),
+        "max_angle_deg": float(degrees.max()),
+        "min_angle_deg": float(degrees.min()),
+    }
+
+
+def singular_value_gap(larger: float, smaller: float) -> float:
+    """σ_i / σ_(i+1), the gap ratio between consecutive singular values.
+
+    One rule for a vanishing denominator: ``inf`` when σ_(i+1) = 0 < σ_i (an exact rank
+    deficiency: the gap is unbounded), ``nan`` when both are 0 (no gap is defined). Both are
+    non-finite, so a finite gate reports them instead of letting them into an average.
+    """
+    if smaller > 0.0:
+        return larger / smaller
+    return math.inf if larger > 0.0 else math.nan
+
+
+def residue_direction(
+    bulk: torch.Tensor, y: torch.Tensor, prediction: torch.Tensor
+) -> torch.Tensor:
+    """The residue direction X_Bᵀ(y − f) ∈ R^d: the bulk data (N×d) weighted by the residuals.
+
+    Args:
+        bulk: X_B, the data without its spike component, N×d.
+        y: targets, shape (N,).
+        prediction: f(x_i) at the weights of interest, shape (N,).
+    """
+    return bulk.mT @ (y - prediction)
+
+
+def gradient_alignment_metrics(
+    gradient: torch.Tensor,
+    top: SingularTriplets,
+    *,
+    residue: torch.Tensor,
+    spike: torch.Tensor,
+    gaps: int = 2,
+) -> dict[str, float]:
+    """Spectrum and alignment of a weight gradient G (k×d) with two directions in R^d.
+
+    With ``top`` = the leading triplets (σ_i, u_i, v_i) of G (at least two), computed in
+    float64:
+
+    - ``grad_fro_norm`` = ‖G‖_F; ``grad_sv_i`` = σ_i for every triplet in ``top``;
+    - ``sv_ratio_{i}{i+1}`` = σ_i/σ_(i+1) for i = 1..``gaps`` (:func:`singular_value_gap`;
+      NaN where σ_(i+1) is not among the triplets);
+    - ``stable_rank`` = ‖G‖_F²/σ_1²;
+    - ``cos_v{1,2}_{residue,spike}`` = |cos(v_j, residue)|, |cos(v_j, spike)|;
+    - ``top2_cos_{1,2}`` = cosines of the principal angles between span(v_1, v_2) and
+      span(residue, spike), descending (0 where that span has rank < 2);
+    - ``svd_iterations``, ``svd_converged`` of the solver that produced ``top``.
+
+    Args:
+        gradient: G, k×d.
+        top: leading singular triplets of G (``top_singular_triplets`` or its reference).
+        residue: the residue direction X_Bᵀ(y − f) (:func:`residue_direction`), shape (d,).
+        spike: the spike direction q, shape (d,).
+        gaps: how many consecutive gap ratios to report.
+
+    Returns:
+        A dict of floats keyed by the names above (the CSV columns of alignment and
+        gradient-rank).
+    """
+    if top.S.numel() < 2:
+        raise ValueError(f"need at least 2 singular triplets, got {top.S.numel()}")
+    residue = residue.double()
+    spike = spike.double()
+    V = top.V.double()
+    sigma = top.S.double().tolist()
+    fro = float(torch.linalg.matrix_norm(gradient.double()))
+    top2 = subspace_alignment_cosines(V[:, :2], torch.stack([residue, spike], dim=1))
+    top2 = torch.cat([top2, top2.new_zeros(2 - top2.numel())])
+    ratios = {
+        f"sv_ratio_{i}{i + 1}": singular_value_gap(sigma[i - 1], sigma[i])
+        if i < len(sigma)
+        else math.nan
+        for i in range(1, gaps + 1)
+    }
+    return {
+        "grad_fro_norm": fro,
+        **{f"grad_sv_{i + 1}": s for i, s in enumerate(sigma)},
+        **ratios,
+        "stable_rank": stable_rank(fro, sigma[0]),
+        "cos_v1_spike": abs_cos(V[:, 0], spike),
+        "cos_v1_residue": abs_cos(V[:, 0], residue),
+        "cos_v2_spike": abs_cos(V[:, 1], spike),
+        "cos_v2_residue": abs_cos(V[:, 1], residue),
+        "top2_cos_1": float(top2[0]),
+        "top2_cos_2": float(top2[1]),
+        "svd_iterations": float(top.iterations),
+        "svd_converged": float(top.converged),
+    }

@@ -1,13 +1,15 @@
 """Figures of the alignment experiment: one panel per compared pair of runs (a notebook cell).
 
 Every figure is a grid over comparisons; within a panel the two runs keep their colours
-(ReLU / NTK blue, Sigmoid / MF orange) and line styles encode the quantity.
+(ReLU / NTK blue, Sigmoid / MF orange) and line styles encode the quantity. A run that ran
+away (its train MSE grew past the experiment's limit; ``runaway`` maps it to the growth
+factor) is drawn, but its panel says so in red: it is never shown as if it trained.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -35,10 +37,25 @@ def _panel_note(rows: pd.DataFrame) -> str:
     return note
 
 
-def _note(ax, rows: pd.DataFrame) -> None:
-    """Which cell a panel shows, as a small key above its top-left corner."""
+RUNAWAY_COLOR = "#C00000"
+
+
+def _note(ax, rows: pd.DataFrame, runaway: Mapping[str, float] | None = None) -> None:
+    """Which cell a panel shows, as a small key above its top-left corner. A panel with a run
+    that ran away gets red spines and, above the key, a red line naming the run and its train
+    MSE growth factor."""
     ax.text(0.0, 1.03, _panel_note(rows), transform=ax.transAxes, ha="left", va="bottom",
             fontsize=6.5, color="#333333")  # fmt: skip
+    flagged = [run for run in rows["run"].unique() if runaway and run in runaway]
+    if flagged:
+        text = "ran away: " + ", ".join(
+            f"{_run_label(run)} (train MSE ×{runaway[run]:.3g})" for run in flagged
+        )
+        ax.annotate(text, xy=(0.0, 1.0), xycoords="axes fraction", xytext=(0, 11),
+                    textcoords="offset points", ha="left", va="bottom", fontsize=6.5,
+                    color=RUNAWAY_COLOR)  # fmt: skip
+        for spine in ax.spines.values():
+            spine.set_color(RUNAWAY_COLOR)
 
 
 def _grid(metrics: pd.DataFrame, height_per_row: float = 1.55):
@@ -83,12 +100,12 @@ def _finish(fig, groups, flat, *, ylabel: str, style_handles: list[Line2D]) -> N
     )
 
 
-def _per_run(groups, flat, draw: Callable) -> None:
+def _per_run(groups, flat, draw: Callable, runaway: Mapping[str, float] | None) -> None:
     for index, ((_, _), rows) in enumerate(groups):
         ax = flat[index]
         for position, (_, run_rows) in enumerate(rows.groupby("run", sort=False)):
             draw(ax, run_rows.sort_values("epoch"), RUN_COLORS[position])
-        _note(ax, rows)
+        _note(ax, rows, runaway)
 
 
 def _log_y(ax) -> None:
@@ -118,7 +135,9 @@ def _symlog_epochs(ax) -> None:
     ax.set_xlim(left=0)
 
 
-def loss_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
+def loss_figure(
+    metrics: pd.DataFrame, angles: pd.DataFrame, *, runaway: Mapping[str, float] | None = None
+):
     """Train (solid) and test (dashed) MSE over epochs."""
     with paper_style():
         fig, groups, flat = _grid(metrics)
@@ -129,12 +148,14 @@ def loss_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
             _log_y(ax)
             _symlog_epochs(ax)  # 1000-epoch runs change most in their first tens of epochs
 
-        _per_run(groups, flat, draw)
+        _per_run(groups, flat, draw, runaway)
         _finish(fig, groups, flat, ylabel="MSE", style_handles=_styles(["Train", "Test"]))
     return fig
 
 
-def cosine_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
+def cosine_figure(
+    metrics: pd.DataFrame, angles: pd.DataFrame, *, runaway: Mapping[str, float] | None = None
+):
     """|cos| of the gradient's leading right singular vector with q and with X_Bᵀ(y − f)."""
     with paper_style():
         fig, groups, flat = _grid(metrics)
@@ -145,13 +166,15 @@ def cosine_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
             ax.set_ylim(0, 1.05)
             _symlog_epochs(ax)
 
-        _per_run(groups, flat, draw)
+        _per_run(groups, flat, draw, runaway)
         handles = _styles([r"$|\cos(v_1, q)|$", r"$|\cos(v_1, X_B^\top r)|$"])
         _finish(fig, groups, flat, ylabel=r"$|\cos|$", style_handles=handles)
     return fig
 
 
-def energy_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
+def energy_figure(
+    metrics: pd.DataFrame, angles: pd.DataFrame, *, runaway: Mapping[str, float] | None = None
+):
     """Fraction of ‖W‖_F in span(Xᵀy, q)."""
     with paper_style():
         fig, groups, flat = _grid(metrics)
@@ -161,12 +184,14 @@ def energy_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
             ax.set_ylim(0, 1.05)
             _symlog_epochs(ax)
 
-        _per_run(groups, flat, draw)
+        _per_run(groups, flat, draw, runaway)
         _finish(fig, groups, flat, ylabel=r"$\|P_S W\|_F / \|W\|_F$", style_handles=[])
     return fig
 
 
-def spectrum_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
+def spectrum_figure(
+    metrics: pd.DataFrame, angles: pd.DataFrame, *, runaway: Mapping[str, float] | None = None
+):
     """The gradient's top three singular values over epochs (log scale)."""
     with paper_style():
         fig, groups, flat = _grid(metrics)
@@ -177,13 +202,15 @@ def spectrum_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
             ax.set_yscale("log")
             _symlog_epochs(ax)
 
-        _per_run(groups, flat, draw)
+        _per_run(groups, flat, draw, runaway)
         handles = _styles([r"$\sigma_1$", r"$\sigma_2$", r"$\sigma_3$"])
         _finish(fig, groups, flat, ylabel=r"Singular value of $\nabla_W L$", style_handles=handles)
     return fig
 
 
-def angle_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
+def angle_figure(
+    metrics: pd.DataFrame, angles: pd.DataFrame, *, runaway: Mapping[str, float] | None = None
+):
     """Mean principal angle between the two runs' top-r right singular subspaces of W_t
     (solid) and of W_t − W_0 (dashed)."""
     with paper_style():
@@ -198,7 +225,7 @@ def angle_figure(metrics: pd.DataFrame, angles: pd.DataFrame):
             ax.set_ylim(0, 92)
             ax.set_yticks([0, 30, 60, 90])
             _symlog_epochs(ax)
-            _note(ax, rows)
+            _note(ax, rows, runaway)
         rank = int(angles["rank"].iloc[0]) if len(angles) else 0
         for ax in flat[: len(groups)]:
             ax.grid(True, which="major")

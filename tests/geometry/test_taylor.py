@@ -1,0 +1,437 @@
+"""Taylor mode and the eligibility fixes of issue 12, against the nested-autograd reference
+(float64): values and penalty parameter gradients, orders 1..5, on smooth networks, normalization
+layers, dropout, BatchNorm in both modes, and writes through views."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geomlab.geometry import derivatives as deriv
+from geomlab.geometry.batch_statistics import BatchStatistics
+from geomlab.geometry.eligibility import check_piecewise_linear
+from geomlab.geometry.taylor import UnsupportedOperation
+
+MAX_ORDER = 5
+REL_TOL = 1e-9
+
+
+def relative_errors(fast: torch.Tensor, reference: torch.Tensor) -> list[float]:
+    """Per order: max |fast − reference| relative to the order's largest |reference|."""
+    fast, reference = fast.detach(), reference.detach()
+    scale = reference.abs().flatten(1).amax(dim=1).clamp_min(1e-300)
+    return ((fast - reference).abs().flatten(1).amax(dim=1) / scale).tolist()
+
+
+def assert_close(fast, reference, tol=REL_TOL):
+    errors = relative_errors(fast, reference)
+    assert max(errors) <= tol, errors
+
+
+def flat(tensors) -> torch.Tensor:
+    """All parameter gradients as one row (compared relative to the largest entry)."""
+    return torch.cat([t.reshape(-1) for t in tensors]).unsqueeze(0)
+
+
+def scaled(model: nn.Module, factor: float = 1.5) -> nn.Module:
+    """Larger weights so that derivatives of every order are well away from zero."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(factor)
+    return model
+
+
+def mlp(activation: nn.Module, *, width: int = 7, classes: int = 4) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(10, width), activation, nn.Linear(width, 6), activation,
+        nn.Linear(6, classes),
+    )  # fmt: skip
+
+
+class LayerNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 8)
+        self.norm = nn.LayerNorm(8)
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.norm(self.fc1(x.flatten(1)))))
+
+
+class PrimitiveLayerNorm(nn.Module):
+    """The same LayerNorm written with mean, var and rsqrt: the nested reference for it.
+    (torch 2.13's own ``native_layer_norm`` double backward is not differentiable to order 3:
+    nested autograd through ``nn.LayerNorm`` gives wrong third and higher derivatives.)"""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        centered = x - x.mean(dim=-1, keepdim=True)
+        variance = centered.pow(2).mean(dim=-1, keepdim=True)
+        normalized = centered * torch.rsqrt(variance + self.norm.eps)
+        return normalized * self.norm.weight + self.norm.bias
+
+
+def reference_for(model: nn.Module) -> nn.Module:
+    """The model itself, or for LayerNormNet a copy whose norm is written in primitives."""
+    if isinstance(model, LayerNormNet):
+        twin = copy.deepcopy(model)
+        twin.norm = PrimitiveLayerNorm(twin.norm)
+        return twin
+    return model
+
+
+class BatchNormCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.silu(self.bn(self.conv(x))), 2)
+        return self.fc(h.flatten(1))
+
+
+class NativeDropoutNet(nn.Module):
+    """Calls the CUDA train-mode dropout op directly (the path ``F.dropout`` takes on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 9)
+        self.fc2 = nn.Linear(9, 4)
+
+    def forward(self, x):
+        h, _ = torch.ops.aten.native_dropout(torch.tanh(self.fc1(x.flatten(1))), 0.4, True)
+        return self.fc2(h)
+
+
+class ReluNativeDropoutNet(NativeDropoutNet):
+    def forward(self, x):
+        h, _ = torch.ops.aten.native_dropout(F.relu(self.fc1(x.flatten(1))), 0.4, True)
+        return self.fc2(h)
+
+
+class BatchNorm1dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.bn(self.fc1(x.flatten(1)))))
+
+
+class SliceWriteNet(nn.Module):
+    """The issue's trap: input-dependent values written into a zero buffer through views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.fc1(x.flatten(1))
+        buf = torch.zeros_like(h)
+        buf[:, :8] = h[:, :8]
+        buf[:, 8:] = h[:, 8:]
+        return self.fc2(torch.tanh(buf))
+
+
+def case(model: nn.Module, *, seed: int = 0, batch: int = 5, directions: int = 3, image=False):
+    torch.manual_seed(seed)
+    model = scaled(model.double())
+    shape = (batch, 1, 8, 8) if image else (batch, 1, 10)
+    inputs = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        classes = model.eval()(inputs).shape[1]
+    labels = torch.randint(0, classes, (batch,))
+    u = deriv.sample_unit_directions(directions, inputs, generator=torch.Generator().manual_seed(1))
+    return model, inputs, labels, u
+
+
+SMOOTH = {
+    "gelu": lambda: mlp(nn.GELU()),
+    "gelu_tanh": lambda: mlp(nn.GELU(approximate="tanh")),
+    "tanh": lambda: mlp(nn.Tanh()),
+    "silu": lambda: mlp(nn.SiLU()),
+    "softplus": lambda: mlp(nn.Softplus(beta=1.5)),
+    "layer_norm": LayerNormNet,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMOOTH))
+def test_taylor_values_and_penalty_gradients_match_nested(name):
+    model, inputs, labels, u = case(SMOOTH[name]())
+    model.eval()
+    assert not check_piecewise_linear(model, inputs).eligible
+    assert deriv.resolve_method(model, inputs, "fast") == "fast"
+    fast, logits = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
+    reference_model = reference_for(model)
+    reference = deriv.nested_directional_derivatives(
+        reference_model, inputs, labels, u, max_order=MAX_ORDER, create_graph=True
+    )
+    assert fast.shape == reference.shape == (MAX_ORDER, 3, 5)
+    assert_close(fast, reference)
+    assert torch.allclose(logits, model(inputs), rtol=0, atol=1e-12)
+    fast_grads = torch.autograd.grad(deriv.derivative_penalty(fast[:4]), list(model.parameters()))
+    reference_grads = torch.autograd.grad(
+        deriv.derivative_penalty(reference[:4]), list(reference_model.parameters())
+    )
+    assert_close(flat(fast_grads), flat(reference_grads))
+
+
+def test_mse_loss_series_matches_nested():
+    model, inputs, _, u = case(mlp(nn.Tanh(), classes=3), seed=3)
+    targets = torch.randn(5, 3, dtype=torch.float64)
+    fast, _ = deriv.taylor_directional_derivatives(
+        model.eval(), inputs, targets, u, max_order=MAX_ORDER, loss="mse"
+    )
+    reference = deriv.nested_directional_derivatives(
+        model, inputs, targets, u, max_order=MAX_ORDER, loss="mse"
+    )
+    assert_close(fast, reference)
+
+
+def test_eval_batch_norm_cnn_is_piecewise_linear_free_and_exact():
+    model, inputs, labels, u = case(BatchNormCNN(), image=True)
+    with torch.no_grad():  # non-trivial running statistics
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    relu_variant = BatchNormCNN().double().eval()
+    relu_variant.forward = lambda x: relu_variant.fc(  # type: ignore[method-assign]
+        F.max_pool2d(F.relu(relu_variant.bn(relu_variant.conv(x))), 2).flatten(1)
+    )
+    assert check_piecewise_linear(relu_variant, inputs).eligible  # eval batch norm is affine
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
+    assert (result.method, result.path) == ("fast", "taylor")
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
+    assert_close(result.values, reference)
+
+
+@pytest.mark.parametrize("net", [NativeDropoutNet, ReluNativeDropoutNet])
+def test_native_dropout_is_accepted_and_uses_one_mask(net):
+    model, inputs, labels, u = case(net(), seed=2)
+    model.train()
+    expected_path = "linear" if net is ReluNativeDropoutNet else "taylor"
+    assert check_piecewise_linear(model, inputs).eligible == (expected_path == "linear")
+    torch.manual_seed(7)
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=4, method="fast")
+    assert result.path == expected_path
+    for k in range(u.shape[0]):  # replay the same mask for each reference pass
+        torch.manual_seed(7)
+        deriv.check_piecewise_linear(model, inputs)  # the check leaves the stream alone
+        reference = deriv.nested_directional_derivatives(
+            model, inputs, labels, u[k : k + 1], max_order=4
+        )
+        assert_close(result.values[:, k : k + 1], reference)
+
+
+def test_batch_norm_1d_train_mode_one_sample_trace_and_frozen_statistics():
+    model, inputs, labels, u = case(BatchNorm1dNet(), seed=4, batch=6)
+    model.train()
+    # the experiment checks on one training sample: no crash, Taylor mode is eligible
+    assert not check_piecewise_linear(model, inputs[:1]).eligible
+    assert deriv.resolve_method(model, inputs[:1], "auto") == "fast"
+    running = [b.clone() for b in model.buffers()]
+    fast, _ = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
+    assert_close(fast, reference)
+    for before, after in zip(running, model.buffers(), strict=True):
+        assert torch.equal(before, after)
+    # each derivative is of the sample's own loss: other samples' labels do not matter
+    other_labels = labels.clone()
+    other_labels[1:] = (labels[1:] + 1) % 4
+    moved, _ = deriv.fast_directional_derivatives(
+        model, inputs, other_labels, u, max_order=MAX_ORDER
+    )
+    assert torch.allclose(moved[:, :, 0], fast[:, :, 0], rtol=1e-12, atol=0)
+    # and equal the eval-mode network whose running statistics are this batch's
+    frozen = BatchNorm1dNet().double()
+    frozen.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        h = frozen.fc1(inputs.flatten(1))
+        frozen.bn.running_mean.copy_(h.mean(0))
+        frozen.bn.running_var.copy_(h.var(0, correction=0))
+    frozen.eval()
+    expected = deriv.nested_directional_derivatives(frozen, inputs, labels, u, max_order=MAX_ORDER)
+    assert_close(fast, expected)
+
+
+def test_penalty_passes_leave_running_statistics_to_the_step_forward():
+    model, inputs, labels, _ = case(BatchNorm1dNet(), seed=5, batch=8)
+    initial = copy.deepcopy(model.state_dict())
+    plain = BatchNorm1dNet().double()
+    plain.load_state_dict(initial)
+    plain.train()(inputs)  # what one plain step does to the running statistics
+    for method in ("fast", "nested"):
+        for targets in (None, (1, 2)):
+            model.load_state_dict(initial)
+            model.train()
+            loss = deriv.class_selective_loss(
+                model, inputs, labels, target_classes=targets, scale=2.0, max_order=3,
+                num_directions=2, method=method, generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
+            loss.total.backward()
+            for expected, after in zip(plain.buffers(), model.buffers(), strict=True):
+                assert torch.equal(expected, after), (method, targets)
+
+
+def test_selective_penalty_gradients_agree_across_methods_with_batch_norm():
+    model, inputs, labels, _ = case(BatchNorm1dNet(), seed=6, batch=8)
+    labels = torch.tensor([1, 2, 0, 3, 1, 0, 2, 3])
+    model.train()
+    grads = {}
+    for method in ("fast", "nested"):
+        model.zero_grad()
+        loss = deriv.class_selective_loss(
+            model, inputs, labels, target_classes=(1, 2), scale=2.0, max_order=3,
+            num_directions=2, method=method, generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        loss.total.backward()
+        grads[method] = [p.grad.clone() for p in model.parameters()]
+    assert_close(flat(grads["fast"]), flat(grads["nested"]))
+
+
+def test_slice_write_model_is_refused_never_wrong():
+    model, inputs, labels, u = case(SliceWriteNet(), seed=8)
+    model.eval()
+    verdict = check_piecewise_linear(model, inputs)
+    assert not verdict.eligible and "tanh" in verdict.offending_ops
+    with pytest.raises(UnsupportedOperation, match="copy"):
+        deriv.taylor_directional_derivatives(model, inputs, labels, u, max_order=3)
+    with pytest.raises(ValueError, match="copy"):
+        deriv.directional_derivatives(model, inputs, labels, u, max_order=3, method="fast")
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=3)
+    assert result.method == "nested"
+
+
+def test_relu_slice_write_is_still_piecewise_linear_and_exact():
+    class ReluSliceWrite(SliceWriteNet):
+        def forward(self, x):
+            h = self.fc1(x.flatten(1))
+            buf = torch.zeros_like(h)
+            buf[:, :8] = h[:, :8]
+            return self.fc2(F.relu(buf))
+
+    model, inputs, labels, u = case(ReluSliceWrite(), seed=9)
+    model.eval()
+    assert check_piecewise_linear(model, inputs).eligible
+    fast, _ = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+
+
+def test_an_op_without_a_rule_is_named_and_auto_falls_back():
+    class Cumsum(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10, 4)
+
+        def forward(self, x):
+            return self.fc(torch.tanh(x.flatten(1)).cumsum(dim=1))
+
+    model, inputs, labels, u = case(Cumsum())
+    verdict = deriv.check_taylor(model.eval(), inputs)
+    assert not verdict.eligible and verdict.offending_ops == ("cumsum",)
+    with pytest.raises(ValueError, match="cumsum"):
+        deriv.resolve_method(model, inputs, "fast")
+    assert deriv.resolve_method(model, inputs, "auto") == "nested"
+
+
+def test_batch_statistics_capture_and_substitute_roundtrip():
+    model, inputs, _, _ = case(BatchNorm1dNet(), seed=10, batch=6)
+    model.train()
+    statistics = BatchStatistics()
+    with statistics.capturing():
+        expected = model(inputs)
+    assert len(statistics.moments) == 1
+    with statistics.substituting():
+        again = model(inputs)
+    assert torch.allclose(again, expected, rtol=0, atol=1e-12)
+
+
+def test_in_place_activations_are_followed_and_stale_views_refused():
+    class InPlace(nn.Module):
+        def __init__(self, stale: bool) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.stale = nn.Linear(10, 8), nn.Linear(8, 4), stale
+
+        def forward(self, x):
+            h = self.fc1(x.flatten(1))
+            view = h[:, :4]
+            h = nn.functional.relu(h.mul_(2.0).add_(0.1), inplace=True)
+            if self.stale:  # the view's values changed with h: its old series is stale
+                return self.fc2(torch.cat([view, view], dim=1))
+            return self.fc2(nn.functional.gelu(h))
+
+    model, inputs, labels, u = case(InPlace(stale=False), seed=11)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+    stale, inputs, labels, u = case(InPlace(stale=True), seed=11)
+    with pytest.raises(UnsupportedOperation, match="changed in place"):
+        deriv.taylor_directional_derivatives(stale.eval(), inputs, labels, u, max_order=4)
+
+
+def test_measure_lambda_by_taylor_mode_equals_nested():
+    model, _, _, _ = case(mlp(nn.GELU(), classes=5), seed=12)
+    inputs = torch.randn(30, 1, 10, dtype=torch.float64)
+    labels = torch.randint(0, 5, (30,))
+    kwargs = dict(classes=(1, 2), max_order=4, num_directions=2, prob_range=(0.0, 1.0),
+                  max_points=10, min_points=3, batch_size=4)  # fmt: skip
+    fast, nested = (
+        deriv.measure_lambda(
+            model,
+            inputs,
+            labels,
+            method=method,
+            generator=torch.Generator().manual_seed(1),
+            **kwargs,
+        )  # fmt: skip
+        for method in ("fast", "nested")
+    )
+    assert (fast.method, nested.method) == ("fast", "nested")
+    assert fast.num_points == nested.num_points > 3
+    assert abs(fast.slope - nested.slope) <= 1e-10 * abs(nested.slope)
+
+
+def test_nested_reference_is_right_for_layer_norm_from_order_three():
+    # torch's fused layer norm gives wrong 3rd+ nested derivatives (pytorch/pytorch#175754);
+    # the reference computes it from primitives, so it agrees with an explicit twin
+    model, inputs, labels, u = case(LayerNormNet(), seed=13)
+    model.eval()
+    nested = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    twin = deriv.nested_directional_derivatives(
+        reference_for(model), inputs, labels, u, max_order=4
+    )
+    assert_close(nested, twin, tol=1e-12)
+
+
+def test_attention_like_model_with_softmax_log_softmax_rsub_and_where():
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(2, 3), nn.Linear(2, 3), nn.Linear(2, 3)
+            self.out = nn.Linear(15, 4)
+
+        def forward(self, x):
+            tokens = x.reshape(x.shape[0], 5, 2)
+            scores = self.q(tokens) @ self.k(tokens).transpose(1, 2) / 3**0.5
+            mixed = torch.softmax(scores, dim=-1) @ self.v(tokens)
+            gated = torch.where(mixed > 0, mixed, 1 - torch.sigmoid(mixed))
+            return torch.log_softmax(self.out(gated.flatten(1)), dim=1)
+
+    model, inputs, labels, u = case(Attention(), seed=14)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
