@@ -230,6 +230,8 @@ def run(config: Config, ctx: RunContext) -> RunResult:
                      data.description, config.model, ", ".join(config.methods),
                      config.solver.value, len(config.seed_list), len(epsilons))  # fmt: skip
         threads, columns = None, RAW_COLUMNS + DIAGNOSTIC_COLUMNS
+        # Targets as the config's float64 numbers (a float32 1e-4 would print 9.9999997e-05).
+        epsilons = torch.tensor(config.epsilon_values, dtype=torch.float64)
 
         def compute(seed: int) -> dict[str, Any]:
             return one_seed_any_model(config, seed, data, epsilons)

@@ -9,7 +9,7 @@ from geomlab.plots.style import figure as new_figure
 
 MARKERS = {"sgd": "s", "natgrad": "o", "kfac": "^", "ekfac": "v"}
 METHOD_ORDER = ("sgd", "natgrad", "kfac", "ekfac")
-EXTRA_COLORS = {"kfac": PALETTE[2], "ekfac": PALETTE[3]}
+EXTRA_COLORS = {"kfac": PALETTE[4], "ekfac": PALETTE[3]}  # not the advantage panel's accent
 EXTRA_LABELS = {"kfac": "K-FAC", "ekfac": "EK-FAC"}
 
 
