@@ -21,6 +21,11 @@ _EXPORTS = {
     "kl_matched_step_size": "geomlab.geometry.natural_gradient",
     "symmetric_pseudo_inverse": "geomlab.geometry.natural_gradient",
     "softmax_regression_fisher": "geomlab.geometry.curvature",
+    "FisherOperator": "geomlab.geometry.curvature",
+    "dense_fisher_reference": "geomlab.geometry.curvature",
+    "natural_gradient": "geomlab.geometry.natural_gradient",
+    "model_kl_matched_steps": "geomlab.geometry.natural_gradient",
+    "rescaled_model_step": "geomlab.geometry.reparam",
     "softmax_fisher": "geomlab.geometry.fisher",  # former name
     "rescaled_step": "geomlab.geometry.reparam",
     "principal_angles": "geomlab.geometry.spectral",
@@ -28,25 +33,36 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from geomlab.geometry.curvature import softmax_regression_fisher
+    from geomlab.geometry.curvature import (
+        FisherOperator,
+        dense_fisher_reference,
+        softmax_regression_fisher,
+    )
     from geomlab.geometry.derivatives import directional_derivatives, fit_lambda, measure_lambda
     from geomlab.geometry.fisher import softmax_fisher
     from geomlab.geometry.natural_gradient import (
         categorical_kl,
         kl_matched_step_size,
+        model_kl_matched_steps,
+        natural_gradient,
         symmetric_pseudo_inverse,
     )
-    from geomlab.geometry.reparam import rescaled_step
+    from geomlab.geometry.reparam import rescaled_model_step, rescaled_step
     from geomlab.geometry.spectral import principal_angles, top_singular_triplets
 
 __all__ = [
+    "FisherOperator",
     "__version__",
     "categorical_kl",
+    "dense_fisher_reference",
     "directional_derivatives",
     "fit_lambda",
     "kl_matched_step_size",
     "measure_lambda",
+    "model_kl_matched_steps",
+    "natural_gradient",
     "principal_angles",
+    "rescaled_model_step",
     "rescaled_step",
     "softmax_fisher",
     "softmax_regression_fisher",
