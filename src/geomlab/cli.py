@@ -352,12 +352,19 @@ def measure_lambda(
     prob_range: Annotated[
         str | None, typer.Option(help="boundary range low,high, e.g. 0.3,0.7")
     ] = None,
+    boundary: Annotated[
+        str | None, typer.Option(help="boundary points: notebook | pairwise (default: the run's)")
+    ] = None,
     max_order: Annotated[int | None, typer.Option(help="n_max of the fit")] = None,
     directions: Annotated[int | None, typer.Option(help="random directions per point")] = None,
     max_points: Annotated[int | None, typer.Option()] = None,
     min_points: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="folder with MNIST IDX files")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="run directory of the measurement (default RUN_DIR/measure-lambda/HASH)"),
+    ] = None,
 ) -> None:
     """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
     from pydantic import ValidationError
@@ -371,15 +378,16 @@ def measure_lambda(
             run_dir,
             pairs=" ".join(chosen) if chosen else None,
             prob_range=low_high,
+            boundary=boundary,
             max_order=max_order,
             num_directions=directions,
             max_points=max_points,
             min_points=min_points,
             device=device,
             data_dir=str(data_dir) if data_dir else None,
-            log=err_console.print,
+            out_dir=out,
         )
-    except (FileNotFoundError, ValueError, ValidationError) as error:
+    except (FileNotFoundError, ValueError, ValidationError, RunInputError) as error:
         raise fail(str(error)) from None
     except RunError as error:  # e.g. --device cuda without CUDA
         raise fail(str(error), EXIT_RUN_FAILED) from None
@@ -392,7 +400,7 @@ def measure_lambda(
             str(row["num_points"]),
         )  # fmt: skip
     console.print(result)
-    console.print(f"written: {run_dir / 'lambda_remeasured.csv'}")
+    console.print(f"written: {Path(table.attrs['out_dir']) / 'lambda_remeasured.csv'}")
 
 
 def main() -> None:

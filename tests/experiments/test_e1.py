@@ -147,3 +147,90 @@ def test_float32_passes_gate_a_with_a_dtype_scaled_tolerance(tmp_path, fake_cont
 def test_kl_band_must_contain_one():
     with pytest.raises(ConfigError, match="kl_ratio_max"):
         get("e1").make_config("paper", {"kl_ratio_max": 0.9})
+
+
+def test_any_model_writes_the_same_artifacts_plus_solver_diagnostics(tmp_path, fake_context):
+    overrides = {"model": "mlp", "mlp_hidden": [8], "n_samples": 200, "n_seeds": 1,
+                 "epsilon_values": [1e-6, 1e-3], "methods": ["sgd", "natgrad", "kfac", "ekfac"],
+                 "solver": "cg", "damping": 1e-3, "cg_tol": 1e-8}  # fmt: skip
+    config = get("e1").make_config("quick", overrides)
+    result = e1_pareto.run(config, fake_context(tmp_path))
+    raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
+    assert list(raw.columns) == e1_pareto.RAW_COLUMNS + [
+        "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
+        "direction_seconds",
+    ]  # fmt: skip
+    assert set(raw["method"]) == {"sgd", "natgrad", "kfac", "ekfac"}
+    ng_rows = raw[raw["method"] == "natgrad"]
+    assert (ng_rows["solver"] == "cg").all() and (ng_rows["cg_iterations"] > 0).all()
+    assert (ng_rows["relative_residual"] < 1e-7).all()
+    smallest = raw[raw["epsilon"] == 1e-6]
+    assert ((smallest["kl_ratio"] - 1).abs() < 1e-2).all()  # every method KL-matched
+    for name in ("E1_results_aggregated.csv", "E1_gate_validation.csv", "E1_summary.json",
+                 "E1_figure.png"):  # fmt: skip
+        assert (tmp_path / name).stat().st_size > 0
+    assert set(result.summary["advantage_pct_by_method"]) == {"natgrad", "kfac", "ekfac"}
+
+
+def test_softmax_regression_through_the_generic_operator_equals_the_notebook_path():
+    paper = get("e1").make_config("quick", {"n_samples": 300, "n_seeds": 1})
+    generic = paper.model_copy(update={"methods": ["natgrad", "sgd"]})  # not the notebook path
+    assert paper.notebook_path and not generic.notebook_path
+    eps = torch.tensor(paper.epsilon_values, dtype=torch.float64)
+    fast = pd.DataFrame(e1_pareto.one_seed(paper, 0, *load(paper), eps)["rows"])
+    data = e1_pareto.load_data(generic, torch.device("cpu"))
+    slow = pd.DataFrame(e1_pareto.one_seed_any_model(generic, 0, data, eps)["rows"])
+    merged = fast.merge(slow, on=["seed", "epsilon", "method"], suffixes=("", "_generic"))
+    assert len(merged) == len(fast) == 10
+    for column in ("loss_before", "loss_after", "delta_loss", "kl_step", "eta", "cos_g_v"):
+        a, b = merged[column], merged[f"{column}_generic"]
+        assert ((a - b).abs() <= 1e-6 * a.abs().max()).all() or a.isna().equals(b.isna()), column
+
+
+def load(config):
+    from geomlab.experiments.softmax_common import load_cluster_data
+
+    return load_cluster_data(config, torch.device("cpu"))
+
+
+def test_mnist_cnn_with_a_users_image_data(tmp_path, fake_context, monkeypatch):
+    (tmp_path / "my_images.py").write_text(
+        "import torch\n"
+        "def images():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    return torch.randn(40, 1, 28, 28, generator=g), torch.arange(40) % 10\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = {"model": "mnist-cnn", "data": "my_images:images", "n_samples": 24,
+                 "n_seeds": 1, "dtype": "float32", "epsilon_values": [1e-3],
+                 "methods": ["sgd", "natgrad"], "solver": "cg", "damping": 1e-3,
+                 "cg_max_iterations": 3, "batch_size": 12}  # fmt: skip
+    config = get("e1").make_config("quick", overrides)
+    out = tmp_path / "run"
+    out.mkdir()
+    e1_pareto.run(config, fake_context(out))
+    raw = pd.read_csv(out / "E1_results_raw.csv")
+    assert set(raw["method"]) == {"sgd", "natgrad"}  # (K-FAC: see the MLP test; fc1's 9217-wide
+    assert (raw.loc[raw["method"] == "natgrad", "cg_iterations"] == 3).all()  # factor is slow)
+    assert raw["kl_step"].gt(0).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"model": "resnet"}, "model"),
+        ({"data": "no_such_module_xyz:load"}, "data"),
+        ({"solver": "lbfgs"}, "solver"),
+        ({"methods": ["sgd", "adam"]}, "methods.1"),
+        ({"damping": -1}, "damping"),
+    ],
+)
+def test_bad_model_data_and_solver_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        get("e1").make_config("paper", overrides)
+
+
+def test_mnist_cnn_preset_is_valid_and_leaves_paper_unchanged():
+    preset = get("e1").make_config("mnist-cnn")
+    assert preset.model == "mnist-cnn" and preset.data == "mnist" and not preset.notebook_path
+    assert get("e1").make_config("paper").notebook_path

@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from geomlab import stats
 from geomlab.cli import app
 from geomlab.config import ConfigError, parse_overrides
 from geomlab.data import mnist
 from geomlab.experiments import get
 from geomlab.experiments import lambda_control as lc
+from geomlab.experiments.lambda_control.types import Condition
+from geomlab.geometry import derivatives as deriv
 from geomlab.runner import run_experiment
 
 TINY = {
@@ -127,7 +131,7 @@ def test_resume_does_not_retrain_and_gives_identical_tables(tiny_run, monkeypatc
     def refuse(*args, **kwargs):
         raise AssertionError("a finished model was retrained")
 
-    monkeypatch.setattr(lc, "train_model", refuse)
+    monkeypatch.setattr(lc.experiment, "train_model", refuse)
     # Re-enter the run as an interrupted one (--force would now recompute every piece).
     manifest_path = outcome.out_dir / "manifest.json"
     manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()),
@@ -151,23 +155,54 @@ def test_measure_lambda_from_run_reproduces_and_extends(tiny_run):
     same = table[table["pair"] == "4v9"].set_index(["condition", "seed"])
     for key, row in same.iterrows():
         assert math.isclose(row["lambda"], models.at[key, "lambda_4v9"], rel_tol=1e-12)
-    assert (outcome.out_dir / "lambda_remeasured.csv").exists()
-    assert (outcome.out_dir / "lambda_remeasured_fits.csv").exists()
+    # a run of its own, inside the source run, with a manifest that lists what it wrote
+    measured = Path(table.attrs["out_dir"])
+    assert measured.parent == outcome.out_dir / "measure-lambda"
+    assert (measured / "lambda_remeasured.csv").exists()
+    assert (measured / "lambda_remeasured_fits.csv").exists()
+    manifest = json.loads((measured / "manifest.json").read_text())
+    assert manifest["experiment"] == "measure-lambda" and manifest["status"] == "complete"
+    assert {"lambda_remeasured.csv", "lambda_remeasured_fits.csv"} <= set(manifest["artifacts"])
+    assert manifest["environment"]["device"] == "cpu"
+    assert manifest["config"]["source"] == str(outcome.out_dir.resolve())
+    assert manifest["config"]["pairs"] == [[4, 9], [1, 7]]
+    # the same settings again: the finished measurement is reused, same table
+    again = lc.measure_lambda_from_run(outcome.out_dir, pairs=["4v9", "1v7"], device="cpu")
+    assert again.attrs["out_dir"] == table.attrs["out_dir"]
+    pd.testing.assert_frame_equal(again, table)
 
 
-def test_measure_lambda_cli(tiny_run):
+def test_measure_lambda_cli(tiny_run, tmp_path):
     outcome, _, _ = tiny_run
+    out = tmp_path / "measured"
     result = CliRunner().invoke(
         app,
         ["measure-lambda", str(outcome.out_dir), "--pairs", "5,6", "2v3", "--max-order", "2",
-         "--device", "cpu"],
+         "--device", "cpu", "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    table = pd.read_csv(outcome.out_dir / "lambda_remeasured.csv")
+    table = pd.read_csv(out / "lambda_remeasured.csv")
     assert sorted(table["pair"].unique()) == ["2v3", "5v6"]
     assert (table["max_order"] == 2).all()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     bad = CliRunner().invoke(app, ["measure-lambda", str(outcome.out_dir / "nope")])
     assert bad.exit_code != 0 and "manifest" in bad.output
+    # validated before any work: a bad setting names its field and creates no directory
+    bad = CliRunner().invoke(
+        app,
+        ["measure-lambda", str(outcome.out_dir), "--pairs", "4v4", "--out", str(tmp_path / "x")],
+    )
+    assert bad.exit_code == 2 and "pairs" in bad.output and not (tmp_path / "x").exists()
+    bad = CliRunner().invoke(
+        app, ["measure-lambda", str(outcome.out_dir), "--min-points", "500", "--out",
+              str(tmp_path / "y")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "min_points" in bad.output and not (tmp_path / "y").exists()
+    empty = tmp_path / "no-weights"  # a lambda-control manifest without any checkpoint
+    empty.mkdir()
+    (empty / "manifest.json").write_text((outcome.out_dir / "manifest.json").read_text())
+    bad = CliRunner().invoke(app, ["measure-lambda", str(empty), "--out", str(tmp_path / "z")])
+    assert bad.exit_code == 2 and "checkpoints" in bad.output and not (tmp_path / "z").exists()
 
 
 def test_config_parsing_and_errors():
@@ -195,20 +230,25 @@ def test_config_parsing_and_errors():
         ({"reg_scale": -1}, "reg_scale"),
         ({"pairs": [[4, 12]]}, "pairs"),
         ({"min_points": 50, "max_points": 20}, "min_points"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"seeds": [2**64]}, "seeds"),
+        ({"reg_scale": float("inf")}, "reg_scale"),
+        ({"measurement_seed": -1}, "measurement_seed"),
     ):
         with pytest.raises(ConfigError, match=field):
             experiment.make_config("paper", bad)
 
 
 def test_condition_helpers():
-    assert lc.parse_condition("selective:9,4") == (4, 9)
-    assert lc.parse_condition("selective:49") == (4, 9)
-    assert lc.parse_condition("global") is None and lc.parse_condition("baseline") == ()
-    assert lc.condition_label("selective:3+8") == "selective_38"
-    assert lc.pair_role((4, 9), (4, 9)) == "targeted"
-    assert lc.pair_role((3, 8), (4, 9)) == "untargeted"
-    assert lc.pair_role((4, 8), (4, 9)) == "mixed"
-    ci = lc.bootstrap_mean_ci([1.0, 2.0, 3.0], samples=500, seed=0)
+    parse = Condition.parse
+    assert parse("selective:9,4").targets == (4, 9)
+    assert parse("selective:49").targets == (4, 9)
+    assert parse("global").targets is None and parse("baseline").targets == ()
+    assert parse("selective:3+8").label == "selective_38"
+    assert parse("selective:4,9").role((4, 9)) == "targeted"
+    assert parse("selective:4,9").role((3, 8)) == "untargeted"
+    assert parse("selective:4,9").role((4, 8)) == "mixed"
+    ci = stats.summarize([1.0, 2.0, 3.0], n_resamples=500, seed=0)
     assert ci["mean"] == 2.0 and 1.0 <= ci["ci95"][0] <= ci["ci95"][1] <= 3.0
 
 
@@ -219,8 +259,101 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     )
     data = lc.load_data(config, "cpu")
     log = logging.getLogger("test")
-    first, record = lc.train_model(config, "selective:4,9", 3, data, "cpu", log)
-    second, _ = lc.train_model(config, "selective:4,9", 3, data, "cpu", log)
+    condition = Condition.parse("selective:4,9")
+    first, record = lc.train_model(config, condition, 3, data, "cpu", log)
+    second, _ = lc.train_model(config, condition, 3, data, "cpu", log)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert (a == b).all()
     assert record["history"][0]["penalized_fraction"] > 0
+
+
+# --- models: the GELU variant and a user's classifier (issue 12, item 5) ----------------------
+
+SMALL = {
+    **TINY,
+    "conditions": ["baseline", "global"],
+    "seeds": [0],
+    "pairs": [[4, 9]],
+    "train_limit": 64,
+    "reg_directions": 1,
+    "lambda_max_order": 2,
+    "lambda_directions": 1,
+    "max_points": 8,
+    "min_points": 2,
+}
+
+
+def small_relu_classifier() -> torch.nn.Module:
+    """A user's classifier, named by import path in the tests below."""
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
+
+
+def run_small(data_dir, out, **overrides):
+    experiment = get("lambda-control")
+    config = experiment.make_config("quick", {**SMALL, "data_dir": str(data_dir), **overrides})
+    outcome = run_experiment(experiment, config, preset="quick", out_dir=out, interactive=False)
+    assert outcome.status == "complete", outcome.manifest.get("gates")
+    return outcome, config, pd.read_csv(out / "models.csv")
+
+
+def test_gelu_variant_runs_with_the_pairwise_boundary(tiny_run, tmp_path):
+    _, _, data_dir = tiny_run
+    outcome, config, models = run_small(
+        data_dir, tmp_path / "gelu", model="mnist-cnn-gelu", boundary="pairwise"
+    )
+    assert outcome.manifest["config"]["model"] == "mnist-cnn-gelu"
+    assert outcome.manifest["config"]["boundary"] == "pairwise"
+    gelu = lc.experiment.build_model(config, seed=0, device="cpu")
+    assert gelu.activation == "gelu"
+    data = lc.load_data(config, "cpu")
+    expected_method = deriv.resolve_method(gelu.train(), data.train_images[:1], "auto")
+    assert (models["derivative_method"] == expected_method).all()  # nested, or Taylor mode
+    # λ's boundary points are the pairwise rule's, on the trained model
+    model = lc.experiment.build_model(config, seed=0, device="cpu")
+    model.load_state_dict(torch.load(tmp_path / "gelu/checkpoints/global_seed0.pt"))
+    probs = deriv.predict_probabilities(model, data.test_images)
+    found = deriv.boundary_point_indices(
+        probs, data.test_labels, (4, 9), prob_range=(0.0, 1.0), max_points=10_000,
+        boundary="pairwise",
+    )  # fmt: skip
+    row = models.set_index("condition").loc["global"]
+    assert row["n_points_4v9"] == min(len(found), config.max_points)
+    assert math.isfinite(row["lambda_4v9"]) == (row["n_points_4v9"] >= config.min_points)
+
+
+def test_a_users_classifier_runs_and_is_remeasured(tiny_run, tmp_path):
+    _, _, data_dir = tiny_run
+    spec = f"{__name__}:small_relu_classifier"
+    outcome, config, models = run_small(data_dir, tmp_path / "user", model=spec)
+    assert outcome.manifest["config"]["model"] == spec
+    assert (models["derivative_method"] == "fast").all()  # piecewise linear: generic JVP path
+    gates = {g["name"]: g for g in outcome.manifest["gates"]}
+    assert gates["fast_derivatives_match_nested"]["rel_diff"] < 1e-9
+    # seeded as the notebooks seed their models: manual_seed(seed), then the factory
+    torch.manual_seed(0)
+    reference = small_relu_classifier()
+    built = lc.experiment.build_model(config, seed=0, device="cpu")
+    for a, b in zip(reference.parameters(), built.parameters(), strict=True):
+        assert torch.equal(a, b)
+    table = lc.measure_lambda_from_run(outcome.out_dir, device="cpu", boundary="pairwise")
+    assert len(table) == 2 and set(table["pair"]) == {"4v9"}
+    manifest = json.loads((Path(table.attrs["out_dir"]) / "manifest.json").read_text())
+    assert manifest["config"]["boundary"] == "pairwise"
+
+
+def test_bad_model_is_an_error_naming_model_before_any_work(tmp_path):
+    experiment = get("lambda")
+    assert experiment.make_config("paper", {}).model == "mnist-cnn"
+    assert experiment.make_config("paper", {}).boundary == "notebook"
+    for bad in ("resnet", "no_such_package_xyz.models:build", f"{__name__}:not_there"):
+        with pytest.raises(ConfigError, match="model"):
+            experiment.make_config("quick", {"model": bad})
+    with pytest.raises(ConfigError, match="boundary"):
+        experiment.make_config("quick", {"boundary": "nearest"})
+    out = tmp_path / "never"
+    result = CliRunner().invoke(
+        app, ["run", "lambda", "--preset", "quick", "--set", "model=nope_xyz:f", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "model" in result.output and not out.exists()

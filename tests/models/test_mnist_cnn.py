@@ -96,3 +96,37 @@ def test_subclass_with_another_forward_does_not_reuse_the_linearization():
 
     assert deriv.provided_linearization(Changed()) is None
     assert deriv.provided_linearization(MNISTConvNet()) is not None
+
+
+def test_gelu_variant_has_the_notebook_layers_and_seeded_weights():
+    relu, gelu = build_mnist_cnn(seed=3), build_mnist_cnn(seed=3, activation="gelu")
+    assert gelu.activation == "gelu" and relu.activation == "relu"
+    assert count_parameters(gelu) == NUM_PARAMETERS
+    for (name, a), (other, b) in zip(
+        relu.state_dict().items(), gelu.state_dict().items(), strict=True
+    ):
+        assert name == other and torch.equal(a, b)
+    x = torch.randn(2, 1, 28, 28)
+    relu.eval(), gelu.eval()
+    assert not torch.allclose(relu(x), gelu(x))
+    with pytest.raises(ValueError, match="activation"):
+        build_mnist_cnn(seed=0, activation="tanh")
+
+
+def test_gelu_variant_is_not_linearized_by_hand():
+    model = build_mnist_cnn(seed=0, activation="gelu")
+    x = torch.randn(2, 1, 28, 28)
+    verdict = check_piecewise_linear(model, x)
+    assert not verdict.eligible and "gelu" in verdict.reason
+    with pytest.raises(ValueError, match="ReLU"):
+        model.logits_and_tangents(x, torch.randn(1, 2, 1, 28, 28))
+
+
+def test_gelu_variant_derivatives_equal_the_nested_reference():
+    model, x, labels, directions = float64_case()
+    gelu = build_mnist_cnn(seed=0, activation="gelu").double().eval()
+    gelu.load_state_dict(model.state_dict())
+    auto = deriv.directional_derivatives(gelu, x, labels, directions, max_order=3)
+    nested = deriv.nested_directional_derivatives(gelu, x, labels, directions, max_order=3)
+    for n in range(3):
+        assert rel(auto.values[n], nested[n]) < 1e-10

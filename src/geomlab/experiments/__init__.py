@@ -27,7 +27,7 @@ REGISTRY: dict[str, Entry] = {
         "geomlab.experiments.e1_pareto",
         ("ng-pareto",),
         "Natural gradient vs SGD loss reduction at matched per-step KL (softmax reg.)",
-        ("paper", "quick"),
+        ("paper", "quick", "mnist-cnn"),
     ),
     "e3": Entry(
         "geomlab.experiments.e3_invariance",
@@ -48,7 +48,7 @@ REGISTRY: dict[str, Entry] = {
         ("paper", "quick"),
     ),
     "lambda-control": Entry(
-        "geomlab.experiments.lambda_control",
+        "geomlab.experiments.lambda_control.experiment",
         ("lambda", "class-selective-lambda", "e4"),
         "Class-selective λ control on MNIST: derivative penalty on chosen classes, "
         "λ measured at class-pair decision boundaries (exact fast derivative engine).",

@@ -1,4 +1,9 @@
-"""E1: natural gradient vs SGD loss reduction at matched per-step KL (softmax regression)."""
+"""E1: natural gradient vs SGD (and K-FAC / EK-FAC) loss reduction at matched per-step KL.
+
+The notebook's setting (softmax regression on synthetic clusters, dense solve, no damping,
+SGD vs NG) runs on the analytic softmax-regression Fisher; any other model, data, solver or
+method runs on the generic Fisher operator and adds the solver's diagnostics to the raw table.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,20 @@ from geomlab.experiments.base import Experiment, RunContext, RunResult
 from geomlab.experiments.softmax_common import (
     ClusterSoftmaxConfig,
     PositiveFloat,
+    build_model,
     load_cluster_data,
+    load_data,
 )
 from geomlab.geometry.curvature import psd_tolerance
 from geomlab.geometry.gates import GateResult, finite_gate, psd_gate_from_eigenvalues
-from geomlab.geometry.natural_gradient import KLMeasurement, kl_matched_steps
+from geomlab.geometry.natural_gradient import (
+    DIAGNOSTIC_COLUMNS,
+    KLMeasurement,
+    Solver,
+    StepMethod,
+    kl_matched_steps,
+    model_kl_matched_steps,
+)
 from geomlab.models import softmax_regression as model
 from geomlab.threads import limited_threads, threads_for_dense_size
 
@@ -46,17 +60,52 @@ class Config(ClusterSoftmaxConfig):
         2.0, gt=1, description="KL gate: measured/target KL above this is a runaway step"
     )
 
+    methods: list[StepMethod] = Field(
+        default_factory=lambda: [StepMethod.SGD, StepMethod.NATGRAD],
+        min_length=1,
+        description="sgd | natgrad (by `solver`) | kfac | ekfac, compared at matched KL",
+    )
+    solver: Solver = Field(Solver.DENSE, description="natgrad direction: dense | cg | kfac | ekfac")
+    damping: float = Field(0.0, ge=0, le=1e6, description="absolute damping of the natgrad solve")
+    kfac_damping: float = Field(
+        1e-3, gt=0, le=1e6, description="absolute damping of the kfac/ekfac methods"
+    )
+    cg_tol: float = Field(1e-6, gt=0, lt=1, description="CG: relative residual target")
+    cg_max_iterations: int | None = Field(
+        None, ge=1, le=1_000_000, description="CG: iteration cap (none: the parameter count)"
+    )
+
     @model_validator(mode="after")
     def _band_is_ordered(self):
         if not self.kl_ratio_min < 1 < self.kl_ratio_max:
             raise ValueError("kl_ratio_min < 1 < kl_ratio_max is required")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: each method at most once")
         return self
+
+    @property
+    def notebook_path(self) -> bool:
+        """The notebook's computation exactly: analytic Fisher, one eigendecomposition."""
+        return (
+            self.notebook_setting
+            and self.solver is Solver.DENSE
+            and self.damping == 0
+            and self.methods == [StepMethod.SGD, StepMethod.NATGRAD]
+        )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "quick": {"n_samples": 2000, "n_seeds": 3, "epsilon_values": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]},
-}
+    # The notebook's MNIST CNN (1.2 M parameters) on real images: SGD vs CG natural gradient vs
+    # K-FAC at matched KL, in minutes on a 2-core CPU (float32; CG capped, its residual recorded).
+    "mnist-cnn": {
+        "model": "mnist-cnn", "data": "mnist", "n_samples": 1000, "n_seeds": 1,
+        "dtype": "float32", "epsilon_values": [1e-4, 1e-3, 1e-2],
+        "methods": ["sgd", "natgrad", "kfac"], "solver": "cg", "damping": 1e-3,
+        "kfac_damping": 1e-3, "cg_max_iterations": 10, "batch_size": 500,
+    },
+}  # fmt: skip
 
 
 RAW_COLUMNS = [
@@ -80,15 +129,17 @@ def aggregate(raw: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
-def relative_advantage(raw: pd.DataFrame) -> pd.DataFrame:
-    """NG advantage over SGD in % per epsilon: of the seed means (the notebook's number) and
-    the spread of the per-seed advantages."""
+def relative_advantage(raw: pd.DataFrame, method: str = "natgrad") -> pd.DataFrame:
+    """``method``'s advantage over SGD in % per epsilon: of the seed means (the notebook's
+    number) and the spread of the per-seed advantages (empty without both methods)."""
     wide = raw.pivot_table(index=["epsilon", "seed"], columns="method", values="delta_loss")
-    per_seed = (wide["natgrad"] - wide["sgd"]) / wide["sgd"] * 100
+    if method not in wide.columns or "sgd" not in wide.columns:
+        return pd.DataFrame(columns=["epsilon", "advantage_pct", "advantage_pct_seed_std"])
+    per_seed = (wide[method] - wide["sgd"]) / wide["sgd"] * 100
     means = wide.groupby(level="epsilon").mean()
     table = pd.DataFrame(
         {
-            "advantage_pct": (means["natgrad"] - means["sgd"]) / means["sgd"] * 100,
+            "advantage_pct": (means[method] - means["sgd"]) / means["sgd"] * 100,
             "advantage_pct_seed_std": per_seed.groupby(level="epsilon").std(),
         }
     )
@@ -136,21 +187,59 @@ def one_seed(
     return {"rows": [{"seed": seed, **row} for row in pair.records()], "gate": asdict(gate)}
 
 
-def run(config: Config, ctx: RunContext) -> RunResult:
-    inputs, labels = load_cluster_data(config, ctx.device)
-    epsilons = torch.tensor(config.epsilon_values, dtype=config.torch_dtype, device=ctx.device)
-    ctx.log.info(
-        "data: %d x %d, %d classes; %d seeds x %d target KLs",
-        *inputs.shape, config.n_classes, len(config.seed_list), len(epsilons),
+def one_seed_any_model(config: Config, seed: int, data, epsilons: torch.Tensor) -> dict[str, Any]:
+    """E1's KL-matched steps of every configured method on the configured model and data."""
+    network = build_model(config, seed, data)
+    pair = model_kl_matched_steps(
+        network, (data.inputs, data.targets), epsilons, loss=data.loss, methods=config.methods,
+        solver=config.solver, damping=config.damping, kfac_damping=config.kfac_damping,
+        rcond=config.rcond, cg_tol=config.cg_tol, cg_max_iterations=config.cg_max_iterations,
+        batch_size=config.batch_size,
     )  # fmt: skip
-    threads = threads_for_dense_size(config.n_classes * config.n_features, ctx.device)
+    solve = pair.solves.get(StepMethod.NATGRAD)
+    if solve is not None and solve.solver is Solver.DENSE:
+        size = sum(p.numel() for p in network.parameters())
+        rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype, size=size)
+        extremes = torch.tensor([solve.min_eigenvalue, solve.max_eigenvalue])
+        gate = psd_gate_from_eigenvalues(extremes, name="gate_a_fisher_psd", rel_tol=rel_tol,
+                                         scope=f"seed={seed}")  # fmt: skip
+        gate.details["fisher_rank"] = solve.rank
+    else:
+        gate = GateResult("gate_a_fisher_psd", True, "SKIP: no dense Fisher formed (solver "
+                          f"{config.solver.value}); J^T H J is PSD by construction",
+                          scope=f"seed={seed}")  # fmt: skip
+    return {"rows": [{"seed": seed, **row} for row in pair.records()], "gate": asdict(gate)}
+
+
+def run(config: Config, ctx: RunContext) -> RunResult:
+    epsilons = torch.tensor(config.epsilon_values, dtype=config.torch_dtype, device=ctx.device)
+    if config.notebook_path:
+        inputs, labels = load_cluster_data(config, ctx.device)
+        ctx.log.info(
+            "data: %d x %d, %d classes; %d seeds x %d target KLs",
+            *inputs.shape, config.n_classes, len(config.seed_list), len(epsilons),
+        )  # fmt: skip
+        threads = threads_for_dense_size(config.n_classes * config.n_features, ctx.device)
+        columns = RAW_COLUMNS
+
+        def compute(seed: int) -> dict[str, Any]:
+            return one_seed(config, seed, inputs, labels, epsilons)
+    else:
+        data = load_data(config, ctx.device)
+        ctx.log.info("data: %s; model %s; methods %s (natgrad by %s); %d seeds x %d target KLs",
+                     data.description, config.model, ", ".join(config.methods),
+                     config.solver.value, len(config.seed_list), len(epsilons))  # fmt: skip
+        threads, columns = None, RAW_COLUMNS + DIAGNOSTIC_COLUMNS
+
+        def compute(seed: int) -> dict[str, Any]:
+            return one_seed_any_model(config, seed, data, epsilons)
+
     with limited_threads(threads):  # small dense eigensolves: one thread (see geomlab.threads)
         per_seed = [
-            ctx.cached(f"seed_{seed}",
-                       lambda seed=seed: one_seed(config, seed, inputs, labels, epsilons))
+            ctx.cached(f"seed_{seed}", lambda seed=seed: compute(seed))
             for seed in ctx.progress(config.seed_list, description="E1 seeds")
-        ]  # fmt: skip
-    raw = pd.DataFrame([row for item in per_seed for row in item["rows"]], columns=RAW_COLUMNS)
+        ]
+    raw = pd.DataFrame([row for item in per_seed for row in item["rows"]], columns=columns)
     gates = [GateResult(**item["gate"]) for item in per_seed]
     gate_rows = pd.DataFrame([gate.as_row() for gate in gates])
     gate_rows.insert(0, "seed", config.seed_list)
@@ -188,6 +277,13 @@ def run(config: Config, ctx: RunContext) -> RunResult:
             row["method"]: row["kl_ratio_mean"] for row in smallest.to_dict(orient="records")
         },
         "kl_measurement": config.kl_measurement,
+        "data": config.data,
+        "model": config.model,
+        "advantage_pct_by_method": {
+            str(m): float(relative_advantage(raw[pair_ok], m)["advantage_pct"].mean())
+            for m in config.methods
+            if m is not StepMethod.SGD
+        },
     }
     ctx.write_json("E1_summary.json", summary)
 

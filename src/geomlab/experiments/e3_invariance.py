@@ -12,14 +12,27 @@ from pydantic import Field
 from geomlab.experiments.base import Experiment, RunContext, RunResult, Seed
 from geomlab.experiments.softmax_common import (
     ClusterSoftmaxConfig,
+    LoadedData,
     PositiveFloat,
+    build_model,
     load_cluster_data,
+    load_data,
 )
 from geomlab.geometry import reparam
-from geomlab.geometry.curvature import psd_tolerance, softmax_regression_fisher
+from geomlab.geometry.curvature import (
+    FisherOperator,
+    as_batches,
+    flatten,
+    loss_and_gradient,
+    model_outputs,
+    psd_tolerance,
+    softmax_regression_fisher,
+    unflatten,
+)
 from geomlab.geometry.gates import GateResult, finite_gate, psd_gate
 from geomlab.geometry.natural_gradient import StepMethod
 from geomlab.models import softmax_regression as model
+from geomlab.models.modes import eval_mode
 from geomlab.threads import limited_threads, threads_for_dense_size
 
 Scaling = Literal["two_block", "log_uniform"]
@@ -44,6 +57,15 @@ class Config(ClusterSoftmaxConfig):
         None, gt=0, lt=1, description="Gate A relative tolerance; none: max(1e-8, P * eps(dtype))"
     )
     gate_c_tol: float = Field(1e-5, gt=0, description="Gate C: max |logit difference| at start")
+    solver: Literal["dense", "cg"] = Field(
+        "dense", description="NG solve in each coordinate system"
+    )
+    damping: float = Field(0.0, ge=0, le=1e6, description="absolute damping of the NG solve")
+    cg_tol: float = Field(1e-10, gt=0, lt=1, description="CG relative residual target")
+
+    @property
+    def notebook_path(self) -> bool:
+        return self.notebook_setting and self.solver == "dense" and self.damping == 0
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -119,6 +141,68 @@ def invariance_for_seed(
     return {"rows": rows, "gates": [asdict(g) for g in gates]}
 
 
+def invariance_any_model(config: Config, seed: int, data: LoadedData) -> dict[str, Any]:
+    """All (scaling, kappa, method) discrepancies of one seed for the configured model and data
+    (generic Fisher operator, outputs through functional_call), plus its gates."""
+    network = build_model(config, seed, data)
+    batches = as_batches((data.inputs, data.targets), batch_size=config.batch_size)
+    gates: list[GateResult] = []
+    with eval_mode(network):
+        fisher = FisherOperator(network, batches, loss=data.loss)
+        params = {n: p.detach() for n, p in fisher.parameters.items()}
+        theta = flatten(params.values())
+        _, gradient = loss_and_gradient(network, batches, loss=data.loss)
+        outputs_start = model_outputs(network, params, batches)
+        dense = fisher.dense() if config.solver == "dense" else None
+        rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype,
+                                size=len(theta), default=1e-8)  # fmt: skip
+        if dense is not None:
+            gates.append(psd_gate(dense, name="gate_a_fisher_psd", scope=f"seed={seed} F_theta",
+                                  rel_tol=rel_tol))  # fmt: skip
+
+        def step(scale: torch.Tensor, method: StepMethod) -> torch.Tensor:
+            return reparam.rescaled_model_step(
+                fisher, gradient, scale, method=method, eta=config.eta, solver=config.solver,
+                damping=config.damping, rcond=config.rcond, cg_tol=config.cg_tol,
+                fisher_matrix=dense,
+            )  # fmt: skip
+
+        reference = {m: step(torch.ones_like(theta), m) for m in METHODS}
+        rows = []
+        for scaling in config.scalings:
+            gate_c_worst = 0.0
+            for kappa in config.kappa_values:
+                if scaling == "two_block":
+                    scales = reparam.two_block_parameter_scales(params, kappa)
+                else:
+                    scales = reparam.log_uniform_parameter_scales(
+                        params, kappa, seed=config.scaling_seed * 1_000_003 + seed
+                    )
+                scale = reparam.parameter_scale_vector(params, scales)
+                round_trip = reparam.round_trip_logit_difference(
+                    theta, scale, lambda t: model_outputs(network, unflatten(t, params), batches),
+                    outputs_start,
+                )  # fmt: skip
+                gate_c_worst = max(gate_c_worst, round_trip)
+                if dense is not None:
+                    where = f"seed={seed} {scaling} kappa={kappa:g}"
+                    gates.append(psd_gate(reparam.transform_fisher(dense, scale),
+                                          name="gate_a_fisher_psd", rel_tol=rel_tol,
+                                          scope=where))  # fmt: skip
+                if kappa == 1.0:
+                    continue
+                for method in METHODS:
+                    discrepancy = reparam.model_step_discrepancy(
+                        network, params, step(scale, method), reference[method], batches,
+                        loss=data.loss, outputs_start=outputs_start,
+                    )  # fmt: skip
+                    rows.append({"seed": seed, "scaling": scaling, "kappa": kappa,
+                                 "method": method.value, **asdict(discrepancy)})  # fmt: skip
+            gates.append(reparam.gate_c_equivalence(gate_c_worst, tol=config.gate_c_tol,
+                                                    scope=f"seed={seed} {scaling}"))  # fmt: skip
+    return {"rows": rows, "gates": [asdict(g) for g in gates]}
+
+
 def summarize(results: pd.DataFrame, config: Config) -> dict[str, Any]:
     means = results.groupby(["scaling", "method", "kappa"])[
         ["max_diff", "logit_diff", "kl_between_steps"]
@@ -145,13 +229,24 @@ def summarize(results: pd.DataFrame, config: Config) -> dict[str, Any]:
 
 
 def run(config: Config, ctx: RunContext) -> RunResult:
-    inputs, labels = load_cluster_data(config, ctx.device)
-    threads = threads_for_dense_size(config.n_classes * config.n_features, ctx.device)
+    if config.notebook_path:
+        inputs, labels = load_cluster_data(config, ctx.device)
+        threads = threads_for_dense_size(config.n_classes * config.n_features, ctx.device)
+
+        def compute(seed: int) -> dict[str, Any]:
+            return invariance_for_seed(config, seed, inputs, labels)
+    else:
+        data = load_data(config, ctx.device)
+        ctx.log.info("data: %s; model %s; NG by %s", data.description, config.model,
+                     config.solver)  # fmt: skip
+        threads = None
+
+        def compute(seed: int) -> dict[str, Any]:
+            return invariance_any_model(config, seed, data)
+
     with limited_threads(threads):  # small dense eigensolves: one thread (see geomlab.threads)
         per_seed = [
-            ctx.cached(
-                f"seed_{seed}", lambda seed=seed: invariance_for_seed(config, seed, inputs, labels)
-            )
+            ctx.cached(f"seed_{seed}", lambda seed=seed: compute(seed))
             for seed in ctx.progress(config.seed_list, description="E3 seeds")
         ]
     results = pd.DataFrame([r for item in per_seed for r in item["rows"]], columns=RESULT_COLUMNS)

@@ -1,4 +1,9 @@
-"""Fisher information: the exact vectorized fast path for bias-free softmax regression.
+"""Fisher information: of any ``nn.Module`` (on curvlinops), and an exact vectorized fast path
+for bias-free softmax regression.
+
+Any model: :class:`FisherOperator` (matrix-free, curvlinops' GGN, which is the Fisher for softmax
+cross-entropy and Gaussian MSE), its K-FAC / EK-FAC, and the dense float64 reference
+:func:`dense_fisher_reference` (``J^T H J`` from ``torch.func``) that tests compare them with.
 
 Softmax-regression fast path:
 Scope of this fast path: the model ``z = W x`` with ``W`` of shape (C, D), no bias, softmax
@@ -15,7 +20,14 @@ layout) raise :class:`UnsupportedShapeError` rather than return a matrix of the 
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
+
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev
 
 SAMPLE_CHUNK_ELEMENTS = 1 << 21  # ~16 MB of float64 per chunk of packed x x^T rows
 
@@ -32,7 +44,7 @@ def _check_softmax_regression(
         raise UnsupportedShapeError(
             f"{op} covers bias-free softmax regression z = W x only: probs must be (N, C) and "
             f"inputs (N, D), got probs {tuple(probs.shape)} and inputs {tuple(inputs.shape)}; "
-            "other models need the generic Fisher"
+            "for any other model use geomlab.geometry.curvature.FisherOperator"
         )
     if probs.shape[0] != inputs.shape[0]:
         raise UnsupportedShapeError(
@@ -197,3 +209,283 @@ def _packed_position(k: int, device: torch.device) -> torch.Tensor:
     a = torch.arange(k, device=device)
     low, high = torch.minimum(a[:, None], a[None, :]), torch.maximum(a[:, None], a[None, :])
     return low * k - low * (low - 1) // 2 + (high - low)
+
+
+# --- The Fisher of any nn.Module (GGN = Fisher for softmax CE and Gaussian MSE) ---------------
+
+
+class LossKind(StrEnum):
+    """The likelihood whose Fisher is taken.
+
+    ``cross_entropy``: a classifier's logits ``f``, ``p = softmax(f)``; loss ``-log p_y``;
+    output Hessian ``H = diag(p) - p p^T``; KL between two models = categorical KL.
+    ``mse``: a regressor's outputs ``f`` as the mean of ``N(f, I)``; loss ``||f - y||^2 / 2``;
+    ``H = I``; KL between two models = ``||f_1 - f_2||^2 / 2``. (``nn.MSELoss`` is this loss
+    times ``2 / K``: the same directions, a rescaled Fisher.)
+
+    For both the generalized Gauss-Newton ``(1/N) sum_i J_i^T H_i J_i`` *is* the Fisher.
+    """
+
+    CROSS_ENTROPY = "cross_entropy"
+    MSE = "mse"
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def as_batches(data: Batch | Sequence[Batch], *, batch_size: int | None = None) -> list[Batch]:
+    """``(inputs, targets)`` tensors cut into batches of ``batch_size`` (all in one batch when
+    ``None``), or a sequence of ``(inputs, targets)`` batches passed through as a list."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        inputs, targets = data
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"inputs ({inputs.shape[0]} samples) and targets ({targets.shape[0]}) differ"
+            )
+        size = inputs.shape[0] if batch_size is None else batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return list(zip(inputs.split(size), targets.split(size), strict=True))
+    batches = list(data)
+    if not batches:
+        raise ValueError("no data: need at least one (inputs, targets) batch")
+    return batches
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the Fisher is taken over: every one with ``requires_grad``, in
+    ``named_parameters`` order (the order of flattened vectors everywhere in geomlab)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no parameters with requires_grad=True")
+    return params
+
+
+def flatten(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one flat vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Split a flat vector into tensors shaped like ``like`` (same names, same order)."""
+    sizes = [t.numel() for t in like.values()]
+    if vector.numel() != sum(sizes):
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters {sum(sizes)}")
+    parts = vector.split(sizes)
+    return {name: part.view_as(t) for (name, t), part in zip(like.items(), parts, strict=True)}
+
+
+def _output_hessian_loss(loss: LossKind) -> nn.Module:
+    """The curvlinops loss whose GGN, after :func:`_ggn_scale`, is the Fisher."""
+    if loss is LossKind.CROSS_ENTROPY:
+        return nn.CrossEntropyLoss(reduction="mean")
+    return nn.MSELoss(reduction="sum")  # Hessian 2 I per sample, scaled by 1 / (2 N) below
+
+
+def _ggn_scale(loss: LossKind, num_data: int) -> float:
+    return 1.0 if loss is LossKind.CROSS_ENTROPY else 1.0 / (2 * num_data)
+
+
+def _check_targets(outputs: torch.Tensor, targets: torch.Tensor, loss: LossKind) -> None:
+    if outputs.ndim != 2:
+        raise UnsupportedShapeError(
+            f"the model's outputs must be (batch, outputs), got {tuple(outputs.shape)}"
+        )
+    if loss is LossKind.CROSS_ENTROPY and (targets.ndim != 1 or targets.is_floating_point()):
+        raise UnsupportedShapeError(
+            f"cross_entropy needs integer class labels of shape (batch,), got "
+            f"{targets.dtype} {tuple(targets.shape)}"
+        )
+    if loss is LossKind.MSE and targets.shape != outputs.shape:
+        raise UnsupportedShapeError(
+            f"mse needs targets shaped like the outputs {tuple(outputs.shape)}, got "
+            f"{tuple(targets.shape)}"
+        )
+
+
+def dense_fisher_reference(
+    model: nn.Module, data: Batch | Sequence[Batch], *, loss: LossKind
+) -> torch.Tensor:
+    """Reference: the dense Fisher ``F = (1/N) sum_i J_i^T H_i J_i`` in float64 via torch.func.
+
+    ``J_i = d f(x_i) / d theta`` (``K x P``) from ``torch.func.jacrev`` of
+    ``torch.func.functional_call`` on a float64 copy of the model, in its current train/eval
+    mode; ``H_i`` as in :class:`LossKind`. Memory ``N K P``: for tests and small models.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of inputs to ``(batch, K)`` outputs.
+        data: ``(inputs, targets)`` or a sequence of such batches.
+        loss: which likelihood.
+
+    Returns:
+        ``(P, P)`` float64 Fisher over :func:`trainable_parameters`.
+    """
+    loss = LossKind(loss)
+    reference = copy.deepcopy(model).to(torch.float64)
+    params = {n: p.detach() for n, p in trainable_parameters(reference).items()}
+    names = list(params)
+    total = torch.zeros(sum(p.numel() for p in params.values()), sum(
+        p.numel() for p in params.values()), dtype=torch.float64)  # fmt: skip
+    n_total = 0
+    for inputs, targets in as_batches(data):
+        x = inputs.to(torch.float64) if inputs.is_floating_point() else inputs
+
+        def outputs(*values, x=x):
+            return functional_call(reference, dict(zip(names, values, strict=True)), (x,))
+
+        f = outputs(*params.values())
+        _check_targets(f, targets, loss)
+        jac = jacrev(outputs, argnums=tuple(range(len(names))))(*params.values())
+        J = torch.cat([j.reshape(f.shape[0], f.shape[1], -1) for j in jac], dim=2)  # (B, K, P)
+        if loss is LossKind.CROSS_ENTROPY:
+            p = torch.softmax(f, dim=1)
+            H = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+            HJ = torch.bmm(H, J)  # (B, K, P); never a (B, K, P, P) intermediate
+        else:
+            HJ = J
+        total += J.reshape(-1, J.shape[2]).T @ HJ.reshape(-1, J.shape[2])
+        n_total += f.shape[0]
+    total /= n_total
+    return (total + total.T) / 2
+
+
+class FisherOperator:
+    """The exact Fisher of an ``nn.Module`` as a matrix-free operator (curvlinops' GGN).
+
+    ``F = (1/N) sum_i J_i^T H_i J_i`` over the data (see :class:`LossKind`), applied with one
+    Jacobian-vector and one vector-Jacobian product per batch, never formed. Vectors are flat,
+    in :func:`trainable_parameters` order. The model is evaluated as it is (call it inside
+    ``geomlab.models.modes.eval_mode`` for dropout/BatchNorm models: the Fisher of a random
+    function is not defined). The operator holds the parameters by reference: it describes
+    the model at its current weights.
+
+    Args:
+        model: any ``nn.Module`` with ``(batch, K)`` outputs.
+        data: ``(inputs, targets)`` or a sequence of batches.
+        loss: which likelihood.
+        batch_size: cut ``(inputs, targets)`` into batches of this size (memory).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Batch | Sequence[Batch],
+        *,
+        loss: LossKind,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.loss = LossKind(loss)
+        self.batches = as_batches(data, batch_size=batch_size)
+        with torch.no_grad():
+            _check_targets(model(self.batches[0][0][:2]), self.batches[0][1][:2], self.loss)
+        self.parameters = trainable_parameters(model)
+        self.num_data = sum(int(x.shape[0]) for x, _ in self.batches)
+        self.dim = sum(p.numel() for p in self.parameters.values())
+        self.scale = _ggn_scale(self.loss, self.num_data)
+        from curvlinops import GGNLinearOperator  # imported on use: E1/E3 paper never need it
+
+        ggn = GGNLinearOperator(
+            model,
+            _output_hessian_loss(self.loss),
+            list(self.parameters.values()),
+            self.batches,
+            check_deterministic=False,
+            num_data=self.num_data,
+        )
+        self._operator = ggn if self.scale == 1.0 else ggn * self.scale
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.parameters.values())).dtype
+
+    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
+        """``F v`` for a flat ``(P,)`` vector (or ``F M`` for ``(P, k)``)."""
+        if vector.shape[0] != self.dim:
+            raise ValueError(f"vector has {vector.shape[0]} rows, the Fisher is {self.dim}")
+        return self._operator @ vector
+
+    def dense(self) -> torch.Tensor:
+        """The dense ``(P, P)`` matrix, ``F I`` in column blocks (small P only)."""
+        eye = torch.eye(self.dim, dtype=self.dtype, device=_device(self.parameters))
+        columns = [self.matvec(block) for block in eye.split(256, dim=1)]
+        dense = torch.cat(columns, dim=1)
+        return (dense + dense.T) / 2
+
+    def kfac(self, *, eigenvalue_corrected: bool = False):
+        """curvlinops' K-FAC (or EK-FAC) of this Fisher: exact output Hessian (type-2), per
+        layer ``A (x) G`` for ``nn.Linear`` / ``nn.Conv2d`` with weight and bias in one block
+        (inputs in homogeneous coordinates ``[a; 1]``), scaled like the Fisher. Raises
+        :class:`UnsupportedShapeError` naming any parameter that is not in such a layer (e.g.
+        BatchNorm's)."""
+        operator = self.kfac_unscaled(eigenvalue_corrected=eigenvalue_corrected)
+        return operator if self.scale == 1.0 else operator * self.scale
+
+    def kfac_unscaled(self, *, eigenvalue_corrected: bool = False):
+        """:meth:`kfac` before multiplying by :attr:`scale` (curvlinops' inverse takes this)."""
+        supported = {
+            id(p)
+            for m in self.model.modules()
+            if isinstance(m, nn.Linear | nn.Conv2d)
+            for p in m.parameters(recurse=False)
+        }
+        others = [n for n, p in self.parameters.items() if id(p) not in supported]
+        if others:
+            raise UnsupportedShapeError(
+                "K-FAC (curvlinops) covers nn.Linear and nn.Conv2d parameters only; "
+                f"not {', '.join(others)}"
+            )
+        from curvlinops import EKFACLinearOperator, FisherType, KFACLinearOperator
+
+        cls = EKFACLinearOperator if eigenvalue_corrected else KFACLinearOperator
+        return cls(
+            self.model,
+            _output_hessian_loss(self.loss),
+            list(self.parameters.values()),
+            self.batches,
+            check_deterministic=False,
+            fisher_type=FisherType.TYPE2,
+            separate_weight_and_bias=False,  # one factor per layer: [W b] on inputs [a; 1]
+            num_data=self.num_data,
+        )
+
+
+def _device(tensors: Mapping[str, torch.Tensor]) -> torch.device:
+    return next(iter(tensors.values())).device
+
+
+def model_outputs(
+    model: nn.Module,
+    parameters: Mapping[str, torch.Tensor],
+    batches: Sequence[Batch],
+) -> torch.Tensor:
+    """The model's outputs on every batch with the given parameters, ``(N, K)``, via
+    ``torch.func.functional_call`` (the model's own parameters are left untouched)."""
+    with torch.no_grad():
+        return torch.cat([functional_call(model, dict(parameters), (x,)) for x, _ in batches])
+
+
+def loss_value(outputs: torch.Tensor, targets: torch.Tensor, *, loss: LossKind) -> torch.Tensor:
+    """Mean negative log-likelihood: cross-entropy, or ``||f - y||^2 / 2`` (unit variance)."""
+    if LossKind(loss) is LossKind.CROSS_ENTROPY:
+        return F.cross_entropy(outputs, targets)
+    return 0.5 * (outputs - targets).pow(2).sum(-1).mean()
+
+
+def loss_and_gradient(
+    model: nn.Module, data: Batch | Sequence[Batch], *, loss: LossKind
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss over all data and its flat gradient over :func:`trainable_parameters`
+    (batches weighted by their sizes)."""
+    batches = as_batches(data)
+    params = trainable_parameters(model)
+    n_total = sum(int(x.shape[0]) for x, _ in batches)
+    total_loss = torch.zeros((), dtype=next(iter(params.values())).dtype)
+    gradient = None
+    for inputs, targets in batches:
+        value = loss_value(model(inputs), targets, loss=loss) * (inputs.shape[0] / n_total)
+        grads = torch.autograd.grad(value, list(params.values()))
+        flat = flatten(grads)
+        gradient = flat if gradient is None else gradient + flat
+        total_loss = total_loss + value.detach().cpu()
+    return total_loss, gradient

@@ -594,19 +594,41 @@ def boundary_point_indices(
     prob_range: tuple[float, float],
     max_points: int,
     generator: torch.Generator | None = None,
+    boundary: Literal["notebook", "pairwise"] = "notebook",
 ) -> torch.Tensor:
-    """Indices of points whose true label is in ``classes`` and whose top softmax probability
-    lies in ``prob_range`` (inclusive); a seeded random subset of ``max_points`` if more.
-    Returned sorted (ascending)."""
+    """Indices of points near the decision boundary of ``classes``: their top softmax
+    probability lies in ``prob_range`` (inclusive) and
+
+    * ``boundary="notebook"``: their true label is in ``classes`` (the notebook's rule);
+    * ``boundary="pairwise"``: ``classes`` (a pair) are their two most probable classes, in
+      either order, whatever the label (so every point sits between exactly these two).
+
+    A seeded random subset of ``max_points`` if more; returned sorted (ascending)."""
     low, high = prob_range
     top = probs.max(dim=1).values
-    in_classes = torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
+    in_classes = _boundary_rule(probs, labels, classes, boundary)
     candidates = torch.nonzero(in_classes & (top >= low) & (top <= high)).flatten()
     if candidates.numel() > max_points:
         device = generator.device if generator is not None else candidates.device
         order = torch.randperm(candidates.numel(), generator=generator, device=device)
         candidates = candidates[order[:max_points].to(candidates.device)]
     return candidates.sort().values
+
+
+def _boundary_rule(
+    probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], boundary: str
+) -> torch.Tensor:
+    """Boolean mask of :func:`boundary_point_indices`'s class condition."""
+    wanted = torch.as_tensor(list(classes), device=labels.device)
+    if boundary == "notebook":
+        return torch.isin(labels, wanted)
+    if boundary != "pairwise":
+        raise ValueError(f"boundary must be 'notebook' or 'pairwise', got {boundary!r}")
+    if wanted.numel() != 2 or bool(wanted[0] == wanted[1]):
+        raise ValueError(f"boundary='pairwise' needs two different classes, got {list(classes)}")
+    first, second = probs.topk(2, dim=1).indices.to(labels.device).unbind(dim=1)
+    a, b = wanted
+    return ((first == a) & (second == b)) | ((first == b) & (second == a))
 
 
 @dataclass(frozen=True)
@@ -650,10 +672,12 @@ def measure_lambda(
     method: Method = "auto",
     generator: torch.Generator | None = None,
     probs: torch.Tensor | None = None,
+    boundary: Literal["notebook", "pairwise"] = "notebook",
 ) -> LambdaMeasurement:
     """λ at the decision boundary of ``classes`` (eval mode), as in the notebook: boundary points
-    by top probability, ``num_directions`` random unit directions per point and batch, the mean
-    of log|d_n| per order over all (point, direction), and the least-squares slope in n.
+    by top probability (and ``boundary``'s rule, see :func:`boundary_point_indices`),
+    ``num_directions`` random unit directions per point and batch, the mean of log|d_n| per
+    order over all (point, direction), and the least-squares slope in n.
 
     ``generator`` drives both the subsampling and the directions; ``probs`` may be passed when
     already computed for the same model and inputs.
@@ -670,6 +694,7 @@ def measure_lambda(
             prob_range=prob_range,
             max_points=max_points,
             generator=generator,
+            boundary=boundary,
         )
         num_points = int(chosen.numel())
         if num_points < min_points:

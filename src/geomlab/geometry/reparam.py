@@ -9,13 +9,29 @@ to a component in the Fisher null space, which does not change the model's predi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from geomlab.geometry.curvature import (
+    Batch,
+    FisherOperator,
+    LossKind,
+    flatten,
+    model_outputs,
+    unflatten,
+)
 from geomlab.geometry.gates import GateResult
-from geomlab.geometry.natural_gradient import StepMethod, categorical_kl, symmetric_pseudo_inverse
+from geomlab.geometry.natural_gradient import (
+    Solver,
+    StepMethod,
+    categorical_kl,
+    conjugate_gradient,
+    output_kl,
+    symmetric_pseudo_inverse,
+)
 from geomlab.models import softmax_regression as sr
 
 Method = StepMethod
@@ -211,4 +227,145 @@ def gate_c_equivalence(worst: float, *, tol: float, scope: str = "") -> GateResu
         message=f"{'PASS' if passed else 'FAIL'}: max |logit difference| at start "
         f"{worst:.2e} (tolerance {tol:.0e})",
         details={"max_logit_diff": worst},
+    )
+
+
+# --- Any nn.Module: per-parameter scalings, NG steps in rescaled coordinates ----------------
+
+
+def parameter_scale_vector(
+    parameters: Mapping[str, torch.Tensor], scales: Mapping[str, torch.Tensor | float]
+) -> torch.Tensor:
+    """Flatten per-parameter scalings ``{name: tensor or float}`` (broadcast to the parameter's
+    shape; names not given keep scale 1) into one ``(P,)`` vector in parameter order.
+
+    Raises:
+        KeyError: for a name that is not a parameter; ValueError for non-positive scales.
+    """
+    unknown = set(scales) - set(parameters)
+    if unknown:
+        raise KeyError(f"scales for unknown parameters: {', '.join(sorted(unknown))}")
+    parts = []
+    for name, p in parameters.items():
+        value = scales.get(name, 1.0)
+        scale = torch.as_tensor(value, dtype=p.dtype, device=p.device).expand(p.shape)
+        parts.append(scale.reshape(-1))
+    vector = torch.cat(parts)
+    if not bool((vector > 0).all()) or not bool(torch.isfinite(vector).all()):
+        raise ValueError("scales must be finite and > 0")
+    return vector
+
+
+def two_block_parameter_scales(
+    parameters: Mapping[str, torch.Tensor], kappa: float
+) -> dict[str, torch.Tensor]:
+    """The notebook's two-block family for any model: along each parameter's last axis the
+    first half of the entries is scaled by sqrt(kappa), the rest by 1/sqrt(kappa) (the same for
+    every other index). For softmax regression's ``W`` (C x D) this is exactly
+    :func:`two_block_scaling`: features [0, D/2) up, the rest down, equal for every class."""
+    scales = {}
+    for name, p in parameters.items():
+        last = p.shape[-1] if p.ndim else 1
+        per_entry = torch.full((last,), 1 / math.sqrt(kappa), dtype=p.dtype, device=p.device)
+        per_entry[: last // 2] = math.sqrt(kappa)
+        scales[name] = per_entry.expand(p.shape) if p.ndim else per_entry[0]
+    return scales
+
+
+def log_uniform_parameter_scales(
+    parameters: Mapping[str, torch.Tensor], kappa: float, *, seed: int
+) -> dict[str, torch.Tensor]:
+    """Every entry of every parameter its own scale exp(u log kappa), u from
+    :func:`log_uniform_pattern` over all P entries (so max/min over the model is kappa)."""
+    total = sum(p.numel() for p in parameters.values())
+    flat = log_uniform_scaling(kappa, log_uniform_pattern(total, seed=seed))
+    sizes = [p.numel() for p in parameters.values()]
+    return {
+        name: part.to(p.dtype).to(p.device).view_as(p)
+        for (name, p), part in zip(parameters.items(), flat.split(sizes), strict=True)
+    }
+
+
+def rescaled_model_step(
+    fisher: FisherOperator,
+    gradient: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    method: StepMethod,
+    eta: float,
+    solver: Solver = Solver.DENSE,
+    damping: float = 0.0,
+    rcond: float = 1e-8,
+    cg_tol: float = 1e-10,
+    cg_max_iterations: int | None = None,
+    fisher_matrix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One step of size ``eta`` taken in coordinates ``phi`` (theta = S * phi), mapped back.
+
+    ``delta_theta = -eta S^2 g`` (SGD) or ``-eta S (S F S + lambda I)^+ (S g)`` (NG), with
+    the rescaled Fisher applied as ``u -> S * F(S * u)`` (``cg``) or formed (``dense``,
+    pseudo-inverse cutoff ``rcond``). For ``lambda = 0``, invertible F and an exact solve this
+    is ``-eta F^-1 g`` for every S; see docs/experiments/e3.md for when it is not.
+
+    Args:
+        fisher: the model's Fisher in theta; gradient: ``(P,)``; scale: ``(P,)`` > 0.
+        method: ``sgd`` or ``natgrad``; eta: step size in phi.
+        solver: ``dense`` or ``cg`` (K-FAC in phi would be a different approximation).
+        damping, rcond, cg_tol, cg_max_iterations: as in
+            :func:`~geomlab.geometry.natural_gradient.natural_gradient`.
+        fisher_matrix: ``fisher.dense()`` if already formed (``dense`` reuses it).
+
+    Returns:
+        ``(P,)`` step in theta.
+    """
+    method, solver = StepMethod(method), Solver(solver)
+    if method not in (StepMethod.SGD, StepMethod.NATGRAD):
+        raise ValueError(f"method must be 'sgd' or 'natgrad', got {method.value!r}")
+    grad_phi = scale * gradient
+    if method is StepMethod.SGD:
+        return scale * (-eta * grad_phi)
+    if solver is Solver.DENSE:
+        dense = fisher.dense() if fisher_matrix is None else fisher_matrix
+        fisher_phi = transform_fisher(dense, scale)
+        eye = torch.eye(len(scale), dtype=scale.dtype, device=scale.device)
+        pinv = symmetric_pseudo_inverse(fisher_phi + damping * eye, rcond=rcond)
+        return scale * (-eta * pinv.apply(grad_phi))
+    if solver is Solver.CG:
+        result = conjugate_gradient(lambda u: scale * fisher.matvec(scale * u) + damping * u,
+                                    grad_phi, tol=cg_tol,
+                                    max_iterations=cg_max_iterations)  # fmt: skip
+        return scale * (-eta * result.solution)
+    raise ValueError(f"rescaled steps support solver dense or cg, got {solver.value!r}")
+
+
+def model_step_discrepancy(
+    model: nn.Module,
+    parameters: Mapping[str, torch.Tensor],
+    delta: torch.Tensor,
+    reference: torch.Tensor,
+    batches: Sequence[Batch],
+    *,
+    loss: LossKind,
+    outputs_start: torch.Tensor,
+) -> StepDiscrepancy:
+    """:func:`step_discrepancy` for any model: outputs at ``theta + delta`` and
+    ``theta + reference`` through ``torch.func.functional_call``; the output change is
+    ``f(theta + delta) - f(theta)`` (centred over classes for ``cross_entropy``, where a
+    class-uniform shift changes no prediction); the KL is the likelihood's
+    (:func:`~geomlab.geometry.natural_gradient.output_kl`)."""
+    theta = flatten(parameters.values())
+    after = model_outputs(model, unflatten(theta + delta, parameters), batches)
+    after_ref = model_outputs(model, unflatten(theta + reference, parameters), batches)
+    change, change_ref = after - outputs_start, after_ref - outputs_start
+    if LossKind(loss) is LossKind.MSE:  # no class-uniform invariance: compare raw changes
+        centred_delta = max_abs_difference(change, change_ref)
+    else:
+        centred_delta = max_abs_difference(centre_classes(change), centre_classes(change_ref))
+    return StepDiscrepancy(
+        max_diff=max_abs_difference(delta, reference),
+        rel_diff=float((delta - reference).norm() / reference.norm()),
+        logit_diff=centred_delta,
+        logit_diff_raw=max_abs_difference(change, change_ref),
+        kl_between_steps=float(output_kl(after_ref, after, loss=loss)),
+        step_norm=float(delta.norm()),
     )

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import pandas as pd
 
-from geomlab.plots.style import COLORS, LABELS, paper_style
+from geomlab.plots.style import COLORS, LABELS, PALETTE, paper_style
 from geomlab.plots.style import figure as new_figure
 
-MARKERS = {"sgd": "s", "natgrad": "o"}
+MARKERS = {"sgd": "s", "natgrad": "o", "kfac": "^", "ekfac": "v"}
+METHOD_ORDER = ("sgd", "natgrad", "kfac", "ekfac")
+EXTRA_COLORS = {"kfac": PALETTE[2], "ekfac": PALETTE[3]}
+EXTRA_LABELS = {"kfac": "K-FAC", "ekfac": "EK-FAC"}
 
 
 def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame):
     """Three stacked panels at single-column width, all against KL on a log axis."""
     with paper_style():
         fig, (ax_loss, ax_adv, ax_ratio) = new_figure(3, 1, height=5.0)
-        for method in ("sgd", "natgrad"):
+        present = set(aggregated["method"])
+        for method in [m for m in METHOD_ORDER if m in present]:
             rows = aggregated[aggregated["method"] == method].sort_values("epsilon")
+            color = COLORS.get(method, EXTRA_COLORS.get(method))
+            label = LABELS.get(method, EXTRA_LABELS.get(method, method))
             ax_loss.errorbar(
                 rows["kl_step_mean"], rows["delta_loss_mean"],
                 xerr=rows["kl_step_std"].fillna(0), yerr=rows["delta_loss_std"].fillna(0),
-                marker=MARKERS[method], color=COLORS[method], label=LABELS[method],
+                marker=MARKERS[method], color=color, label=label,
             )  # fmt: skip
             ax_ratio.errorbar(
                 rows["epsilon"], rows["kl_ratio_mean"], yerr=rows["kl_ratio_std"].fillna(0),
-                marker=MARKERS[method], color=COLORS[method], label=LABELS[method],
+                marker=MARKERS[method], color=color, label=label,
             )  # fmt: skip
         ax_loss.set(
             xscale="log", yscale="log", xlabel="Measured per-step KL", ylabel="Loss reduction"
