@@ -83,3 +83,47 @@ def test_any_kappa_list_and_ratio_key_follow_the_largest_kappa(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "E3_summary.json").read_text())
     assert "ratio_at_50" in summary
+
+
+def test_any_model_reports_both_views_with_the_same_columns(tmp_path, fake_context):
+    from geomlab.experiments.e3_invariance import run
+
+    overrides = {"model": "mlp", "mlp_hidden": [6], "n_samples": 150, "n_seeds": 1,
+                 "kappa_values": [1, 100]}  # fmt: skip
+    config = get("e3").make_config("quick", overrides)
+    result = run(config, fake_context(tmp_path))
+    results = pd.read_csv(tmp_path / "E3_results.csv")
+    assert list(results.columns) == e3_invariance.RESULT_COLUMNS
+    assert len(results) == 4  # 2 families x 2 methods at kappa = 100
+    assert result.summary["gate_a_pass_rate"] == 1.0 and result.summary["gate_c_pass_rate"] == 1.0
+    sgd = results[results["method"] == "sgd"]
+    ng = results[results["method"] == "natgrad"]
+    assert (sgd["logit_diff"] > 1e-4).all()  # SGD moves predictions with the coordinates
+    assert ng["logit_diff"].min() < sgd["logit_diff"].min()
+
+
+def test_cg_solver_and_user_regression_data(tmp_path, fake_context, monkeypatch):
+    from geomlab.experiments.e3_invariance import run
+
+    (tmp_path / "my_regression.py").write_text(
+        "import torch\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(80, 3, generator=g, dtype=torch.float64)\n"
+        "    return x, torch.stack([x[:, 0] * x[:, 1], x[:, 2]], 1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = {"model": "mlp", "mlp_hidden": [4], "data": "my_regression:data",
+                 "n_samples": 80, "n_seeds": 1, "kappa_values": [1, 10], "solver": "cg",
+                 "scalings": ["log_uniform"]}  # fmt: skip
+    config = get("e3").make_config("quick", overrides)
+    out = tmp_path / "run"
+    out.mkdir()
+    result = run(config, fake_context(out))
+    results = pd.read_csv(out / "E3_results.csv")
+    assert set(results["method"]) == {"sgd", "natgrad"}
+    # a full-rank Gaussian Fisher and an exact solve: NG is invariant, SGD is not
+    ng = results[results["method"] == "natgrad"].iloc[0]
+    sgd = results[results["method"] == "sgd"].iloc[0]
+    assert ng["rel_diff"] < 1e-4 < sgd["rel_diff"]
+    assert result.summary["gate_c_pass_rate"] == 1.0

@@ -105,3 +105,92 @@ def test_two_block_scaling_preserves_the_softmax_null_space():
     # still a class-uniform shift: identical rows
     rows = rescaled.reshape(c, d)
     assert torch.equal(rows[0], rows[1]) and math.isfinite(float(rows.sum()))
+
+
+# --- any nn.Module -----------------------------------------------------------------------------
+
+
+def _linear_softmax(c=4, d=6, n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, d, dtype=torch.float64, generator=g)
+    labels = torch.randint(0, c, (n,), generator=g)
+    weight = 0.3 * torch.randn(c, d, dtype=torch.float64, generator=g)
+    model = torch.nn.Linear(d, c, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    return model, weight, inputs, labels
+
+
+def test_generalized_families_reduce_to_the_notebooks_on_softmax_regression():
+    model, _, _, _ = _linear_softmax()
+    params = dict(model.named_parameters())
+    two_block = reparam.parameter_scale_vector(
+        params, reparam.two_block_parameter_scales(params, 100.0)
+    )
+    assert torch.equal(two_block, reparam.two_block_scaling(100.0, 4, 6))
+    log_uniform = reparam.parameter_scale_vector(
+        params, reparam.log_uniform_parameter_scales(params, 100.0, seed=3)
+    )
+    expected = reparam.log_uniform_scaling(100.0, reparam.log_uniform_pattern(24, seed=3))
+    torch.testing.assert_close(log_uniform, expected, rtol=1e-15, atol=0)
+
+
+def test_per_parameter_scales_validate_names_and_values():
+    model, _, _, _ = _linear_softmax()
+    params = dict(model.named_parameters())
+    with pytest.raises(KeyError, match="bias"):
+        reparam.parameter_scale_vector(params, {"bias": 2.0})
+    with pytest.raises(ValueError, match="> 0"):
+        reparam.parameter_scale_vector(params, {"weight": -1.0})
+    assert torch.equal(reparam.parameter_scale_vector(params, {}), torch.ones(24).double())
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg"])
+def test_model_step_equals_the_matrix_step_on_softmax_regression(solver):
+    from geomlab.geometry.curvature import FisherOperator
+
+    model, weight, inputs, labels = _linear_softmax()
+    _, gradient, probs = sr.loss_and_gradient(weight, inputs, labels)
+    fisher = softmax_fisher(probs, inputs)
+    operator = FisherOperator(model, (inputs, labels), loss="cross_entropy")
+    scale = reparam.two_block_scaling(10.0, 4, 6)
+    expected, _ = reparam.rescaled_step(gradient, fisher, scale, method="natgrad", eta=1e-2,
+                                        rcond=1e-8)  # fmt: skip
+    step = reparam.rescaled_model_step(operator, gradient, scale, method="natgrad", eta=1e-2,
+                                       solver=solver, rcond=1e-8)  # fmt: skip
+    # CG (from zero) converges to the minimum-norm solution, the pseudo-inverse's.
+    torch.testing.assert_close(step, expected, rtol=1e-6, atol=1e-9 * expected.abs().max())
+
+
+def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
+    from geomlab.geometry.curvature import FisherOperator, LossKind, model_outputs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    model = model.double()
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(200, 3, dtype=torch.float64, generator=g),
+            torch.randn(200, 2, dtype=torch.float64, generator=g))  # fmt: skip
+    operator = FisherOperator(model, data, loss="mse")
+    params = {n: p.detach() for n, p in operator.parameters.items()}
+    from geomlab.geometry.curvature import loss_and_gradient
+
+    _, gradient = loss_and_gradient(model, data, loss="mse")
+    ones = torch.ones(operator.dim, dtype=torch.float64)
+    scale = reparam.parameter_scale_vector(
+        params, reparam.log_uniform_parameter_scales(params, 100.0, seed=0)
+    )
+    batches = [data]
+    start = model_outputs(model, params, batches)
+    results = {}
+    for damping in (0.0, 1e-2):
+        kwargs = {"method": "natgrad", "eta": 1e-2, "solver": "dense", "damping": damping,
+                  "rcond": 1e-14}  # fmt: skip
+        base = reparam.rescaled_model_step(operator, gradient, ones, **kwargs)
+        moved = reparam.rescaled_model_step(operator, gradient, scale, **kwargs)
+        results[damping] = reparam.model_step_discrepancy(
+            model, params, moved, base, batches, loss=LossKind.MSE, outputs_start=start
+        )
+    assert results[0.0].rel_diff < 1e-6  # F invertible: (S F S)^-1 maps back to F^-1
+    assert results[1e-2].rel_diff > 1e-3  # lambda I in phi is lambda S^-2 in theta
+    assert results[1e-2].logit_diff > 1e3 * results[0.0].logit_diff

@@ -72,7 +72,7 @@ class Config(ClusterSoftmaxConfig):
     )
     cg_tol: float = Field(1e-6, gt=0, lt=1, description="CG: relative residual target")
     cg_max_iterations: int | None = Field(
-        None, ge=1, le=1_000_000, description="CG: iteration cap (none: the parameter count)"
+        None, ge=1, le=1_000_000, description="CG: iteration cap (none: 10 x the parameter count)"
     )
 
     @model_validator(mode="after")

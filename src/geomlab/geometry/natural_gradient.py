@@ -281,7 +281,8 @@ def conjugate_gradient(
     """Solve ``A x = b`` for symmetric PSD ``A`` by conjugate gradients from ``x = 0``.
 
     Stops when ``||b - A x|| <= tol ||b||`` (the recurrence residual, re-checked once with a
-    true product at the end) or after ``max_iterations`` (default ``len(b)``). For a singular
+    true product at the end) or after ``max_iterations`` (default ``10 len(b)``: in floating
+    point an ill-conditioned system needs more than exact arithmetic's ``len(b)``). For a singular
     ``A`` and ``b`` in its range, the iterates stay in the Krylov space of ``b``, so the limit
     is the minimum-norm solution ``A^+ b``.
 
@@ -296,7 +297,7 @@ def conjugate_gradient(
     """
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    max_iterations = rhs.numel() if max_iterations is None else max_iterations
+    max_iterations = 10 * rhs.numel() if max_iterations is None else max_iterations
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
     b_norm = float(rhs.norm())

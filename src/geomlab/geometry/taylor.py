@@ -78,17 +78,24 @@ POISON = _Poison()
 
 
 def _accumulate(term, a, b, value: float = 1.0):
-    """``term + value · a · b`` in one kernel where possible (``term`` None: a fresh product);
-    ``a`` may be a Python number."""
+    """``term + value · a · b``; ``term`` None: a fresh product. ``a`` may be a Python number.
+
+    ``term`` is always a fresh intermediate of the caller's loop that no autograd node saved
+    (products save their factors, not their result), so it is updated in place when it already
+    has the full broadcast shape: one kernel and no allocation per term."""
     if not isinstance(a, torch.Tensor):
         a, b = b, a
     if not isinstance(b, torch.Tensor):
         if term is None:
             return a * (b * value)
+        if term.shape == torch.broadcast_shapes(term.shape, a.shape):
+            return term.add_(a, alpha=b * value)
         return torch.add(term, a, alpha=b * value)
     if term is None:
         product = a * b
-        return product if value == 1.0 else product * value
+        return product if value == 1.0 else product.mul_(value)
+    if term.shape == torch.broadcast_shapes(term.shape, a.shape, b.shape):
+        return term.addcmul_(a, b, value=value)
     return torch.addcmul(term, a, b, value=value)
 
 
@@ -183,13 +190,14 @@ def _horner(coefficients: Sequence[float], y: torch.Tensor) -> torch.Tensor:
 
 
 def _horner_tail(coefficients: list[float], y: torch.Tensor) -> torch.Tensor:
+    in_place = not torch.is_grad_enabled()  # (with autograd, mul_ would need the old value)
     result = y * coefficients[-1]
     for index in range(len(coefficients) - 2, -1, -1):
         c = coefficients[index]
         if c != 0:
-            result = result + c
+            result = result.add_(c)  # adding a number saves nothing for backward
         if index > 0:
-            result = result * y
+            result = result.mul_(y) if in_place else result * y
     return result
 
 
