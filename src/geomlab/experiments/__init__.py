@@ -27,7 +27,7 @@ REGISTRY: dict[str, Entry] = {
         "geomlab.experiments.e1_pareto",
         ("ng-pareto",),
         "Natural gradient vs SGD loss reduction at matched per-step KL (softmax reg.)",
-        ("paper", "quick"),
+        ("paper", "quick", "mnist-cnn"),
     ),
     "e3": Entry(
         "geomlab.experiments.e3_invariance",
