@@ -387,7 +387,7 @@ def measure_lambda(
             data_dir=str(data_dir) if data_dir else None,
             out_dir=out,
         )
-    except (FileNotFoundError, ValueError, ValidationError) as error:
+    except (FileNotFoundError, ValueError, ValidationError, RunInputError) as error:
         raise fail(str(error)) from None
     except RunError as error:  # e.g. --device cuda without CUDA
         raise fail(str(error), EXIT_RUN_FAILED) from None

@@ -33,7 +33,8 @@ Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 """A random seed: 0 <= seed < 2**63 (larger ones overflow inside torch/numpy)."""
 
 
-def _unique_seeds(seeds: list[int]) -> list[int]:
+def unique_seeds(seeds: list[int]) -> list[int]:
+    """The one check that seeds are distinct (for seed lists with bounds of their own)."""
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if repeated:
         raise ValueError(
@@ -43,7 +44,7 @@ def _unique_seeds(seeds: list[int]) -> list[int]:
     return seeds
 
 
-SeedList = Annotated[list[Seed], AfterValidator(_unique_seeds)]
+SeedList = Annotated[list[Seed], AfterValidator(unique_seeds)]
 """A list of distinct :data:`Seed` values."""
 
 

@@ -212,9 +212,15 @@ class LocalPool(Backend):
     def close(self, *, cancel: bool = False, stop_runs: bool = False) -> None:
         if stop_runs:  # only this pool's workers: the driver starts no other processes
             import multiprocessing
+            import signal
 
+            # SIGINT, not SIGTERM: an idle worker killed by SIGTERM dies holding the call
+            # queue's lock and the pool's shutdown then waits forever; SIGINT unwinds it (the
+            # lock is released) and a running run records `interrupted`, as on Ctrl-C.
             for worker in multiprocessing.active_children():
-                worker.terminate()
+                if worker.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGINT)
         # Waits even when cancelling: on Ctrl-C the workers got SIGINT too and record their
         # runs as interrupted within moments; then runs.csv says so.
         self.executor.shutdown(wait=True, cancel_futures=cancel)

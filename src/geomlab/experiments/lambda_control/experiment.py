@@ -15,11 +15,17 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from geomlab import stats
 from geomlab.data.mnist import NUM_CLASSES, MNISTTensors, load_mnist
-from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
+from geomlab.experiments.base import (
+    Experiment,
+    ExperimentConfig,
+    RunContext,
+    RunResult,
+    unique_seeds,
+)
 from geomlab.experiments.lambda_control.types import (
     ClassPair,
     Condition,
@@ -56,9 +62,9 @@ class Config(ExperimentConfig):
         min_length=1,
         description="baseline | global | selective:<classes> (e.g. selective:4,9)",
     )
-    seeds: list[Annotated[int, Field(ge=0, lt=SEED_LIMIT)]] = Field(
-        default_factory=lambda: [0, 1], min_length=1, description="model seeds"
-    )
+    seeds: Annotated[
+        list[Annotated[int, Field(ge=0, lt=SEED_LIMIT)]], AfterValidator(unique_seeds)
+    ] = Field(default_factory=lambda: [0, 1], min_length=1, description="model seeds")
     pairs: list[Pair] = Field(
         default_factory=lambda: list(NOTEBOOK_PAIRS),
         min_length=1,
@@ -136,13 +142,6 @@ class Config(ExperimentConfig):
     @classmethod
     def _single_seed(cls, value: Any) -> Any:
         return [value] if isinstance(value, int) else value  # `--set seeds=3`
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"seeds must be different from each other, got {value}")
-        return value
 
     @field_validator("prob_range")
     @classmethod
