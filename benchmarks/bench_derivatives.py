@@ -18,21 +18,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from geomlab.geometry import derivatives as deriv
 from geomlab.models.mnist_cnn import MNISTConvNet, build_mnist_cnn
-
-
-class GeluCNN(MNISTConvNet):
-    """The notebook CNN with GELU in place of ReLU (smooth: Taylor mode, no linearization)."""
-
-    def forward(self, x):
-        x = F.gelu(self.conv1(x))
-        x = F.max_pool2d(F.gelu(self.conv2(x)), 2)
-        x = torch.flatten(self.dropout1(x), 1)
-        x = self.dropout2(F.gelu(self.fc1(x)))
-        return self.fc2(x)
 
 
 class GenericJVPCNN(MNISTConvNet):
@@ -132,8 +120,7 @@ def main() -> None:
     )
 
     # --- GELU variant: Taylor mode ---
-    torch.manual_seed(0)
-    gelu = GeluCNN().to(device).train()
+    gelu = build_mnist_cnn(seed=0, activation="gelu", device=device).train()
     gelu_optimizer = torch.optim.Adam(gelu.parameters(), lr=1e-4)
     assert deriv.resolve_method(gelu, inputs, "auto") == "fast"
     assert deriv.choose_fast_path(gelu, inputs) == "taylor"
