@@ -454,10 +454,11 @@ def _closed_invocations(previous: dict[str, Any] | None, out_dir: Path) -> list[
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so a run
-    stopped by ``timeout`` or a scheduler records ``interrupted`` and can resume. Only the
-    main thread can install handlers; elsewhere (a Dask thread) this does nothing."""
+def sigterm_as_interrupt(raises: type[Terminated] = Terminated) -> Iterator[None]:
+    """Within the block, the first SIGTERM raises ``raises`` (a :class:`Terminated`, hence a
+    KeyboardInterrupt), so a run or a sweep stopped by ``timeout`` or a scheduler records
+    ``interrupted`` and can resume. Only the main thread can install handlers; elsewhere (a Dask
+    thread) this does nothing. A SIGTERM the parent chose to ignore stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -469,9 +470,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     fired = []
 
     def handler(signum: int, frame: Any) -> None:
-        if not fired:  # once: a second SIGTERM must not interrupt the manifest's last write
+        if not fired:  # once: a second SIGTERM must not interrupt the last writes
             fired.append(signum)
-            raise Terminated(f"signal {signal.Signals(signum).name}")
+            raise raises(f"signal {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, handler)
     try:
@@ -504,7 +505,7 @@ def run_experiment(
     manifest_path = out_dir / MANIFEST
     device = resolve_device(config.device)  # before anything exists on disk
     _prepare_run_dir(out_dir)
-    with hold_run_dir(out_dir), _sigterm_as_interrupt():
+    with hold_run_dir(out_dir), sigterm_as_interrupt():
         previous = _read_manifest(manifest_path)
         if previous is not None:
             if previous.get("config_hash") != digest:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from rich.console import Console
 
 from geomlab import io
 from geomlab.experiments.base import Experiment
-from geomlab.runner import MANIFEST, close_logger
+from geomlab.runner import MANIFEST, Terminated, close_logger, sigterm_as_interrupt
 from geomlab.sweep.display import SweepDisplay, sweep_logger
 from geomlab.sweep.executors import (
     Backend,
@@ -73,7 +71,7 @@ from geomlab.sweep.tables import (
 MAX_ATTEMPTS = 2
 
 
-class SweepTerminated(KeyboardInterrupt):
+class SweepTerminated(Terminated):
     """SIGTERM (``timeout``, a batch scheduler) stops a sweep as Ctrl-C does."""
 
 
@@ -142,32 +140,6 @@ def driver_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise SweepError(f"another sweep driver is running in {out_dir}") from None
         yield
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, the first SIGTERM raises :class:`SweepTerminated` in the driver (only
-    the main thread can take signals; elsewhere this does nothing), so the driver stops its
-    runs, records them and exits as after Ctrl-C instead of dying with runs.csv half told."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN:  # the parent chose to ignore it: so do we
-        yield
-        return
-    fired: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if not fired:  # once: a second SIGTERM must not interrupt the cleanup
-            fired.append(signum)
-            raise SweepTerminated(f"signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def sweep_record(
@@ -406,7 +378,7 @@ def run_sweep(
     interactive = console.is_terminal if interactive is None else interactive
     previous = previous_sweep(out_dir, experiment, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with driver_lock(out_dir), sigterm_as_interrupt():
+    with driver_lock(out_dir), sigterm_as_interrupt(SweepTerminated):
         io.write_json(out_dir / SWEEP_FILE, sweep_record(spec, experiment, runs, previous))
         log = sweep_logger(out_dir, console, interactive)
         try:
