@@ -26,7 +26,7 @@ REGISTRY: dict[str, Entry] = {
     "e1": Entry(
         "geomlab.experiments.e1_pareto",
         ("ng-pareto",),
-        "Natural gradient vs SGD loss reduction at matched per-step KL (softmax reg.)",
+        "NG (exact, K-FAC, EK-FAC) vs SGD loss reduction at matched per-step KL, any model",
         ("paper", "quick", "mnist-cnn"),
     ),
     "e3": Entry(

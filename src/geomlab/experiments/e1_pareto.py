@@ -309,7 +309,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
 EXPERIMENT = Experiment(
     name="e1",
     aliases=("ng-pareto",),
-    description="Natural gradient vs SGD loss reduction at matched per-step KL (softmax reg.)",
+    description="NG (exact, K-FAC, EK-FAC) vs SGD loss reduction at matched per-step KL, any model",
     config_cls=Config,
     presets=PRESETS,
     run=run,
