@@ -292,7 +292,9 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     if finite.passed and len(agg):
         from geomlab.plots.e1 import pareto_figure
 
-        ctx.save_figure(pareto_figure(agg, advantage), "E1_figure")
+        others = [m for m in config.methods if m != "sgd"]
+        per_method = {m: relative_advantage(raw[pair_ok], m) for m in others}
+        ctx.save_figure(pareto_figure(agg, per_method or advantage), "E1_figure")
     else:
         ctx.log.error("non-finite results: %s; figure not drawn", finite.message)
 

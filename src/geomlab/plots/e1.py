@@ -13,8 +13,9 @@ EXTRA_COLORS = {"kfac": PALETTE[4], "ekfac": PALETTE[3]}  # not the advantage pa
 EXTRA_LABELS = {"kfac": "K-FAC", "ekfac": "EK-FAC"}
 
 
-def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame):
-    """Three stacked panels at single-column width, all against KL on a log axis."""
+def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame | dict[str, pd.DataFrame]):
+    """Three stacked panels at single-column width, all against KL on a log axis. ``advantage``
+    is natural gradient's table (the notebook's panel) or one table per non-SGD method."""
     with paper_style():
         fig, (ax_loss, ax_adv, ax_ratio) = new_figure(3, 1, height=5.0)
         present = set(aggregated["method"])
@@ -36,14 +37,22 @@ def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame):
         )
         ax_loss.legend(loc="upper left")
 
-        ax_adv.errorbar(
-            advantage["epsilon"], advantage["advantage_pct"],
-            yerr=advantage["advantage_pct_seed_std"].fillna(0),
-            marker="o", color=COLORS["accent"],
-        )  # fmt: skip
+        # One curve per method against SGD; with natural gradient alone, the notebook's panel.
+        advantages = advantage if isinstance(advantage, dict) else {"natgrad": advantage}
+        advantages = {m: a for m, a in advantages.items() if len(a)}
+        alone = list(advantages) == ["natgrad"]
+        for method, table in advantages.items():
+            color = COLORS["accent"] if alone else COLORS.get(method, EXTRA_COLORS.get(method))
+            ax_adv.errorbar(
+                table["epsilon"], table["advantage_pct"],
+                yerr=table["advantage_pct_seed_std"].fillna(0), marker=MARKERS.get(method, "o"),
+                color=color, label=LABELS.get(method, EXTRA_LABELS.get(method, method)),
+            )  # fmt: skip
+        if not alone and advantages:
+            ax_adv.legend(loc="best")
         ax_adv.axhline(0, color=COLORS["grey"], linestyle="--", linewidth=0.8)
         ax_adv.set(xscale="log", xlabel=r"Target per-step KL $\varepsilon$",
-                   ylabel="NG advantage (%)")  # fmt: skip
+                   ylabel="NG advantage (%)" if alone else "Advantage over SGD (%)")  # fmt: skip
 
         ax_ratio.axhline(1, color=COLORS["grey"], linestyle="--", linewidth=0.8)
         ax_ratio.set(xscale="log", xlabel=r"Target per-step KL $\varepsilon$",
