@@ -100,7 +100,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The notebook's MNIST CNN (1.2 M parameters) on real images: SGD vs CG natural gradient vs
     # K-FAC at matched KL, in minutes on a 2-core CPU (float32; CG capped, its residual recorded).
     "mnist-cnn": {
-        "model": "mnist-cnn", "data": "mnist", "n_samples": 1000, "n_seeds": 1,
+        "model": "mnist-cnn", "data": "mnist", "n_samples": 2000, "n_seeds": 1,
         "dtype": "float32", "epsilon_values": [1e-4, 1e-3, 1e-2],
         "methods": ["sgd", "natgrad", "kfac"], "solver": "cg", "damping": 1e-3,
         "kfac_damping": 1e-3, "cg_max_iterations": 10, "batch_size": 500,
