@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 
@@ -18,18 +17,10 @@ from geomlab.geometry.curvature import softmax_regression_fisher as softmax_fish
 from geomlab.geometry.curvature import (
     softmax_regression_fisher_reference as softmax_fisher_reference,
 )
+from timing import best_time
 
 SIZES = [(1_000, 16), (5_000, 16), (5_000, 32), (20_000, 32), (50_000, 32), (50_000, 64)]
 N_CLASSES = 10
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 
@@ -27,15 +26,7 @@ from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
 from geomlab.models.mlp import build_mlp
 from geomlab.models.modes import eval_mode
-
-
-def best_time(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from timing import best_time
 
 
 def fvp_vs_backward(label: str, model, data, *, batch_size: int, repeats: int) -> None:
