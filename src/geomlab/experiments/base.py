@@ -92,6 +92,12 @@ class ExperimentConfig(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    def hash_payload(self) -> dict[str, Any]:
+        """What defines the science of a run: the config's JSON values, device excluded (the
+        runner hashes this into the config hash). Configs with fields that only steer how a
+        run proceeds (not what it computes) leave them out too."""
+        return self.model_dump(mode="json", exclude={"device"})
+
     def memory_estimates(self) -> dict[str, float]:
         """Bytes the run needs at least, keyed by the config field that drives it (a lower
         bound: the largest arrays). Experiments override this; the base needs none."""
