@@ -406,6 +406,27 @@ def writer_state(run_dir: Path, manifest: dict[str, Any]) -> tuple[bool | None, 
     return False, f"{described}: not running"
 
 
+def record_stopped_run(run_dir: Path) -> bool:
+    """A run whose manifest says ``running`` although its writer is gone (stopped by a signal
+    before it could say so): record it ``interrupted``, as it would have, under its lock (a
+    live writer keeps it: nothing changes). True when the manifest was rewritten."""
+    run_dir = Path(run_dir)
+    try:
+        with hold_run_dir(run_dir):
+            manifest = _read_manifest(run_dir / MANIFEST)
+            if manifest is None or manifest.get("status") != "running":
+                return False
+            manifest["status"] = "interrupted"
+            manifest.setdefault("error", "stopped by a signal before it could record it")
+            invocations = manifest.get("invocations") or []
+            if invocations and invocations[-1].get("status") == "running":
+                invocations[-1]["status"] = "interrupted"
+            write_manifest(run_dir / MANIFEST, manifest)
+            return True
+    except (RunInputError, OSError):  # busy (alive), unreadable: leave it as it is
+        return False
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -616,14 +637,6 @@ def _run_locked(
         "writer": writer,  # pid, host, since: `geomlab show` tells whether it is alive
         "invocations": [*earlier, invocation],
     }
-    write_manifest(out_dir / MANIFEST, manifest)
-    log.info("%s (%s preset) -> %s on %s", experiment.name, preset, out_dir, device)
-    if moved is not None:
-        log.info("--force: moved the files of an earlier run aside into %s", moved.name)
-    if force:
-        log.info("--force: recomputing every piece")
-    elif resumed:
-        log.info("resuming an unfinished run in %s", out_dir)
 
     def close(status: str, **extra: Any) -> None:
         wall = time.perf_counter() - start
@@ -636,30 +649,43 @@ def _run_locked(
         )
         write_manifest(out_dir / MANIFEST, manifest)
 
+    def stopped(error: BaseException) -> None:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        manifest.pop("artifacts", None)  # a run that did not finish lists none
+        close(status, error=f"{type(error).__name__}: {error}")
+        log.error("run %s: %s", status, manifest["error"])
+        close_logger(log)
+
     ctx = Context(
         out_dir=out_dir, device=device, log=log, console=console, interactive=interactive,
         pieces_dir=pieces_dir,
     )  # fmt: skip
     start = time.perf_counter()
+    write_manifest(out_dir / MANIFEST, manifest)
+    # From here on a signal at any point (not only inside the experiment) records the run as
+    # `interrupted`: the manifest never stays `running` once this process is gone.
     try:
+        log.info("%s (%s preset) -> %s on %s", experiment.name, preset, out_dir, device)
+        if moved is not None:
+            log.info("--force: moved the files of an earlier run aside into %s", moved.name)
+        if force:
+            log.info("--force: recomputing every piece")
+        elif resumed:
+            log.info("resuming an unfinished run in %s", out_dir)
         result = experiment.run(config, ctx)
+        status = "complete" if result.gates_passed else "gates_failed"
+        extra: dict[str, Any] = {
+            "gates": [gate.as_row() for gate in result.gates],
+            "headline": result.headline,
+            "artifacts": sorted(ctx.written),
+        }
+        if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
+            extra["data"] = result.summary["data"]
+        # The manifest's final status is written last: it is the completion marker.
+        close(status, **extra)
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        close(status, error=f"{type(error).__name__}: {error}")
-        log.error("run %s: %s", status, manifest["error"])
-        close_logger(log)
+        stopped(error)
         raise
-
-    status = "complete" if result.gates_passed else "gates_failed"
-    extra: dict[str, Any] = {
-        "gates": [gate.as_row() for gate in result.gates],
-        "headline": result.headline,
-        "artifacts": sorted(ctx.written),
-    }
-    if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
-        extra["data"] = result.summary["data"]
-    # The manifest's final status is written last: it is the completion marker.
-    close(status, **extra)
     removed = io.remove_orphaned_temporaries(out_dir)  # we hold the lock: nobody writes them
     if removed:
         log.info("removed %d temporary file(s) left by an earlier, killed invocation", len(removed))

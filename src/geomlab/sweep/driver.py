@@ -31,8 +31,8 @@ from geomlab.runner import (
     MANIFEST,
     Terminated,
     close_logger,
+    record_stopped_run,
     sigterm_as_interrupt,
-    writer_state,
 )
 from geomlab.sweep.display import SweepDisplay, sweep_logger
 from geomlab.sweep.executors import (
@@ -291,18 +291,18 @@ class _Drive:
 
     def record_interrupted(self) -> None:
         """After Ctrl-C or SIGTERM the workers were stopped (the pool is closed): read what
-        they recorded. A run whose manifest still says ``running`` was stopped before it could
-        say so itself (the signal came as it started or finished): it is ``interrupted``."""
+        they recorded. A run whose manifest still says ``running`` and whose writer is gone
+        was stopped before it could say so itself: it is recorded ``interrupted``."""
         for run in self.runs:
             if self.rows[run.name]["status"] == "running":
                 manifest = self._manifest(run)
-                row = run_row(run, manifest, None)
-                alive = False
-                if manifest is not None and row["status"] == "running":
-                    alive, _ = writer_state(self.runs_dir / run.name, manifest)
-                if row["status"] == "running" and alive is not True:  # its writer is gone
-                    row["status"] = "interrupted"
-                self.rows[run.name] = row
+                still_running = manifest is not None and manifest.get("status") == "running"
+                # stopped before it could record it: its lock is free, record it here
+                if still_running and record_stopped_run(self.runs_dir / run.name):
+                    self.log.warning("%s: stopped before it recorded it; now interrupted",
+                                     run.label)  # fmt: skip
+                    manifest = self._manifest(run)
+                self.rows[run.name] = run_row(run, manifest, None)
         self.write_runs()
 
     def finish(self) -> SweepOutcome:
