@@ -18,9 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
 
 from geomlab import io
 
@@ -48,7 +56,14 @@ class RunDirError(ValueError):
 
 # --------------------------------------------------------------------------- the schemas
 
-Number = float | int | str | None
+
+def _headline_value(value: Any) -> Any:
+    if value is None or isinstance(value, int | float | str):
+        return value
+    raise ValueError(f"must be a number, a text or null, not a JSON {type(value).__name__}")
+
+
+Number = Annotated[Any, PlainValidator(_headline_value)]
 """A headline value: JSON numbers (a non-finite one is written as null), or a short text."""
 
 
