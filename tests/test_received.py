@@ -126,7 +126,7 @@ def _fake_sweep(root: Path, run_names: list[str], grid_column: bool = True) -> P
     return folder
 
 
-@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "runs_folder_symlink"])
 def test_a_sweeps_runs_must_lie_inside_it(e1_run, tmp_path, how):
     outside = shutil.copytree(e1_run, tmp_path / "elsewhere")
     (outside / "E1_results_raw.csv").write_text(f"seed,x\n{SECRET},1\n")
@@ -139,6 +139,11 @@ def test_a_sweeps_runs_must_lie_inside_it(e1_run, tmp_path, how):
     folder = _fake_sweep(tmp_path, [name])
     if how == "symlink":
         (folder / "runs" / "linked").symlink_to(outside)
+    if how == "runs_folder_symlink":  # runs/ itself leads out of the sweep
+        (tmp_path / "outer").mkdir()
+        os.replace(outside, tmp_path / "outer" / "linked")
+        (folder / "runs").rmdir()
+        (folder / "runs").symlink_to(tmp_path / "outer")
     code, output = report(folder, tmp_path / "r.html")
     assert code == 2, output
     assert str(folder / "runs.csv") in output and "refused" in output

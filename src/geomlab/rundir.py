@@ -310,7 +310,16 @@ class SweepDir:
 
     def run_dir(self, name: str) -> Path:
         """The run directory of runs.csv's ``run`` cell ``name``, inside ``runs/``."""
-        return contained(self.path / RUNS_DIR, name, source=self.path / RUNS_CSV, what="run")
+        return sweep_run_dir(self.path, name)
+
+
+def sweep_run_dir(sweep_dir: Path, name: Any) -> Path:
+    """``<sweep>/runs/<name>``, refused (:class:`RunDirError` naming ``runs.csv``) unless
+    ``name`` is a relative path without ``..`` and it resolves inside the sweep (a ``runs/``
+    that is itself a symlink out is refused too)."""
+    source = Path(sweep_dir) / RUNS_CSV
+    contained(Path(sweep_dir) / RUNS_DIR, name, source=source, what="run")  # its own form
+    return contained(Path(sweep_dir), f"{RUNS_DIR}/{name}", source=source, what="run")
 
 
 def read_sweep_record(sweep_dir: Path) -> SweepRecord:

@@ -13,8 +13,6 @@ import pandas as pd
 from geomlab import io, rundir, stats
 from geomlab.sweep.layout import (
     FINISHED,
-    RUNS_CSV,
-    RUNS_DIR,
     CorruptFileError,
     SweepError,
     read_manifest,
@@ -125,9 +123,7 @@ class SweepTables:
         """The run directory of runs.csv's ``run`` cell: refused (:class:`SweepError`) unless
         it resolves inside the sweep's ``runs/`` folder."""
         try:
-            return rundir.contained(
-                self.path / RUNS_DIR, name, source=self.path / RUNS_CSV, what="run"
-            )
+            return rundir.sweep_run_dir(self.path, name)
         except rundir.RunDirError as error:
             raise SweepError(str(error)) from None
 
