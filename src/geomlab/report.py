@@ -17,6 +17,7 @@ import pandas as pd
 
 from geomlab import io, rundir, stats, sweep
 from geomlab.rundir import MANIFEST
+from geomlab.runner import writer_state
 
 # CSV tables of a run are shown when small enough to read on a page.
 MAX_TABLE_ROWS = 60
@@ -121,13 +122,22 @@ def _anchor(text: str) -> str:
 # --------------------------------------------------------------------------- one run
 
 
+def describe_status(run: rundir.RunDir) -> str:
+    """The run's status, and for ``running`` whether its writer is alive (as ``show`` says)."""
+    status = run.manifest.status
+    if status != "running":
+        return status
+    alive, _ = writer_state(run.path, run.manifest.model_dump(mode="json"))
+    return "running, but its writer is gone (killed?)" if alive is False else status
+
+
 def run_section(run_dir: Path, *, title: str | None = None, level: int = 2) -> str:
     """One run: its manifest, gates, headline, and exactly the figures and tables its
     manifest lists as artifacts (each checked to stay inside ``run_dir``), never a glob."""
     run = rundir.read_run(run_dir)
     manifest = run.manifest
     env = manifest.environment
-    status = rundir.describe_status(run)
+    status = describe_status(run)
     css_status = manifest.status if status == manifest.status else "failed"
     parts = [
         f"<h{level}>{esc(title or run_dir.name)} "

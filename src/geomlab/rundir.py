@@ -373,16 +373,3 @@ def read_sweep(sweep_dir: Path) -> SweepDir:
             )
         sweep.run_dir(name)  # refused unless inside runs/
     return sweep
-
-
-def describe_status(run: RunDir) -> str:
-    """The run's status, and for ``running`` whether its writer is alive (as ``show`` says)."""
-    status = run.manifest.status
-    if status != "running":
-        return status
-    from geomlab.runner import writer_state
-
-    alive, _ = writer_state(run.path, run.manifest.model_dump(mode="json"))
-    if alive is False:
-        return "running, but its writer is gone (killed?)"
-    return status
