@@ -649,8 +649,15 @@ def _run_locked(
         )
         write_manifest(out_dir / MANIFEST, manifest)
 
+    finishing: list[str] = []  # the final status, once its write has begun
+
     def stopped(error: BaseException) -> None:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        if finishing:  # the signal came while the completion marker was being written
+            with contextlib.suppress(Exception):
+                if io.read_json(out_dir / MANIFEST).get("status") == finishing[0]:
+                    close_logger(log)  # it is on disk: the run finished, keep it so
+                    return
         manifest.pop("artifacts", None)  # a run that did not finish lists none
         close(status, error=f"{type(error).__name__}: {error}")
         log.error("run %s: %s", status, manifest["error"])
@@ -682,6 +689,7 @@ def _run_locked(
         if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
             extra["data"] = result.summary["data"]
         # The manifest's final status is written last: it is the completion marker.
+        finishing.append(status)
         close(status, **extra)
     except BaseException as error:
         stopped(error)
