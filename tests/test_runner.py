@@ -7,7 +7,13 @@ from rich.console import Console
 
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunResult
 from geomlab.geometry.gates import finite_gate
-from geomlab.runner import RunError, config_hash, resolve_device, run_experiment
+from geomlab.runner import (
+    RunError,
+    RunInputError,
+    config_hash,
+    resolve_device,
+    run_experiment,
+)
 
 
 class ToyConfig(ExperimentConfig):
@@ -123,6 +129,10 @@ def test_pieces_of_another_config_are_never_reused_even_without_manifest(tmp_pat
     out = tmp_path / "s"
     assert _count(CountConfig(value=3.0), out).result.summary["total"] == 6 + 4.5
     (out / "manifest.json").unlink()
+    # the old run's artifact without its manifest: refused, never mixed into the new run
+    with pytest.raises(RunInputError, match="count_summary.json"):
+        _count(CountConfig(value=1.0), out)
+    (out / "count_summary.json").unlink()  # only the resume pieces are left
     outcome = _count(CountConfig(value=1.0), out)
     assert outcome.result.summary["total"] == 2 + 1.5  # value 1's numbers, not value 3's
     assert CALLS == [3.0, 1.0]
@@ -131,6 +141,7 @@ def test_pieces_of_another_config_are_never_reused_even_without_manifest(tmp_pat
     assert pieces == sorted([config_hash("count", CountConfig(value=v)) for v in (3.0, 1.0)])
     # the same config again (manifest gone) reuses its own piece
     (out / "manifest.json").unlink()
+    (out / "count_summary.json").unlink()
     assert _count(CountConfig(value=1.0), out).manifest["resumed"] is True
     assert CALLS == [3.0, 1.0]
 
@@ -228,7 +239,7 @@ def test_orphaned_temporaries_are_removed_after_a_successful_resume(tmp_path):
     for orphan in orphans:
         orphan.parent.mkdir(parents=True, exist_ok=True)
         orphan.write_text("half")
-    keep = out / "notes.tmp"  # not one of atomic_write's names: not ours to delete
+    keep = out / ".partial" / "notes.tmp"  # not one of atomic_write's names: not ours
     keep.write_text("mine")
     (out / "manifest.json").unlink()  # (another config than the failed one: fresh start)
     assert _count(CountConfig(), out).status == "complete"

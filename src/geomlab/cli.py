@@ -13,12 +13,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from geomlab import experiments, io
+from geomlab import experiments
 from geomlab.config import ConfigError, parse_overrides
 from geomlab.runner import (  # light: torch loads when a run starts
-    MANIFEST,
     RunError,
     RunInputError,
     Terminated,
@@ -133,7 +133,7 @@ def _print_headline(manifest: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in headline.items():
-        table.add_row(key, _fmt(value))
+        table.add_row(escape(str(key)), escape(_fmt(value)))
     console.print(table)
 
 
@@ -148,64 +148,60 @@ def _fmt(value: Any) -> str:
 @app.command("show")
 def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
     """Print a run's manifest, gate results and headline numbers."""
-    manifest_path = run_dir / MANIFEST
-    if not manifest_path.exists():
-        raise fail(f"{run_dir} is not a run directory (no {MANIFEST})")
+    from geomlab import rundir
+
     try:
-        manifest = io.read_json(manifest_path)
-    except io.CorruptFileError as error:
+        run = rundir.read_run(run_dir)
+    except rundir.RunDirError as error:
         raise fail(str(error)) from None
-    if not isinstance(manifest, dict):
-        raise fail(f"{manifest_path} is not a geomlab manifest (a JSON object)")
-    env = manifest.get("environment", {})
+    manifest = run.manifest
+    env = manifest.environment
     info = Table(title=str(run_dir), box=None, show_header=False)
     info.add_column(style="bold")
     info.add_column()
-    status = manifest.get("status", "?")
+    status = manifest.status
     colour = {"complete": "green", "gates_failed": "red", "failed": "red"}.get(status, "yellow")
     writer = None
     if status == "running":
-        alive, writer = writer_state(run_dir, manifest)
+        alive, writer = writer_state(run_dir, manifest.model_dump(mode="json"))
         if alive is False:
             status = "running, but its writer is gone (killed?): rerun the same command to resume"
             colour = "red"
-    invocations = manifest.get("invocations") or []
+    invocations = manifest.invocations
     for key, value in [
-        ("experiment", manifest.get("experiment")),
-        ("preset", manifest.get("preset")),
-        ("status", f"[{colour}]{status}[/]"),
-        ("started", manifest.get("started")),
-        ("finished", manifest.get("finished")),
+        ("experiment", manifest.experiment),
+        ("preset", manifest.preset),
+        ("status", f"[{colour}]{escape(status)}[/]"),
+        ("started", manifest.started),
+        ("finished", manifest.finished),
         ("writer", writer),
-        ("wall seconds", _fmt(manifest.get("wall_seconds"))),
+        ("wall seconds", _fmt(manifest.wall_seconds)),
         ("invocations", len(invocations) if len(invocations) > 1 else None),
-        ("device", env.get("device")),
-        ("versions", f"geomlab {env.get('geomlab')}, torch {env.get('torch')}, "
-                     f"python {env.get('python')}"),
-        ("config hash", manifest.get("config_hash")),
-        ("error", manifest.get("error")),
+        ("device", env.device),
+        ("versions", f"geomlab {env.geomlab}, torch {env.torch}, python {env.python}"),
+        ("config hash", manifest.config_hash),
+        ("error", manifest.error),
     ]:  # fmt: skip
         if value is not None:
-            info.add_row(key, str(value))
+            info.add_row(key, value if key == "status" else escape(str(value)))
     console.print(info)
 
     config = Table(title="config", box=None, header_style="bold")
     config.add_column("field")
     config.add_column("value")
-    for key, value in manifest.get("config", {}).items():
-        config.add_row(key, json.dumps(value))
+    for key, value in manifest.config.items():
+        config.add_row(escape(key), escape(json.dumps(value)))
     console.print(config)
 
-    gates = manifest.get("gates") or []
-    if gates:
+    if manifest.gates:
         table = Table(title="gates", box=None, header_style="bold")
         for column in ("gate", "scope", "result", "message"):
             table.add_column(column)
-        for gate in gates:
-            verdict = "[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"
-            table.add_row(gate["name"], gate.get("scope", ""), verdict, gate.get("message", ""))
+        for gate in manifest.gates:
+            verdict = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
+            table.add_row(escape(gate.name), escape(gate.scope), verdict, escape(gate.message))
         console.print(table)
-    _print_headline(manifest)
+    _print_headline({"headline": manifest.headline})
 
 
 @app.command("sweep")
@@ -299,7 +295,7 @@ def report(
     target = out or (dirs[0] / "report.html" if len(dirs) == 1 else Path("report.html"))
     try:
         path = reports.write_report(dirs, target)
-    except (reports.ReportError, io.CorruptFileError) as error:
+    except reports.ReportError as error:  # a bad or unsafe directory, an unwritable --out
         raise fail(str(error)) from None
     console.print(f"report: [bold]{path}[/]")
 
@@ -328,13 +324,19 @@ def data_download(
 
     if dataset.lower() != "mnist":
         raise fail(f"unknown dataset {dataset!r}; known: mnist")
+    from geomlab.runner import sigterm_as_interrupt
+
     try:
-        paths = mnist.download_mnist(
-            data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, deadline=deadline,
-            log=err_console.print,
-        )  # fmt: skip
+        with sigterm_as_interrupt():  # SIGTERM unwinds too: no partial file stays behind
+            paths = mnist.download_mnist(
+                data_dir, mirrors=mirror or mnist.DEFAULT_MIRRORS, deadline=deadline,
+                log=err_console.print,
+            )  # fmt: skip
     except mnist.MNISTDataError as error:
         raise fail(str(error), EXIT_RUN_FAILED) from None
+    except KeyboardInterrupt as error:
+        what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+        raise fail(f"{what}; nothing partial was kept", EXIT_RUN_FAILED) from None
     console.print(f"MNIST ready in [bold]{paths[0].parent}[/]")
 
 
@@ -365,6 +367,18 @@ def measure_lambda(
         Path | None,
         typer.Option(help="run directory of the measurement (default RUN_DIR/measure-lambda/HASH)"),
     ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="import and call the model factory (package.module:function) that RUN_DIR's "
+            "manifest names; without it such a run is refused",
+        ),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(help="build the models with this factory (package.module:function)"),
+    ] = None,
 ) -> None:
     """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
     from pydantic import ValidationError
@@ -386,11 +400,19 @@ def measure_lambda(
             device=device,
             data_dir=str(data_dir) if data_dir else None,
             out_dir=out,
+            model=model,
+            trust_model=trust_model,
         )
     except (FileNotFoundError, ValueError, ValidationError, RunInputError) as error:
-        raise fail(str(error)) from None
+        raise fail(str(error)) from None  # a bad run directory, setting or checkpoint
     except RunError as error:  # e.g. --device cuda without CUDA
         raise fail(str(error), EXIT_RUN_FAILED) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; rerun the same command to resume", EXIT_RUN_FAILED) from None
+    except Exception as error:  # the measurement's manifest and run.log hold the details
+        raise fail(
+            f"measure-lambda failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED
+        ) from error
     result = Table(box=None, header_style="bold")
     for column in ("condition", "seed", "pair", "lambda", "num_points"):
         result.add_column(column, justify="right" if column != "condition" else "left")

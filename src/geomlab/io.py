@@ -112,12 +112,19 @@ def read_json(path: Path) -> Any:
         raise CorruptFileError(f"{path} is not valid JSON ({error})") from None
 
 
-def remove_orphaned_temporaries(folder: Path) -> list[Path]:
+def is_temporary(path: Path) -> bool:
+    """Is ``path`` a temporary file of :func:`atomic_write` (``.<name>.<random>.tmp``)?"""
+    return bool(_TMP_NAME.fullmatch(Path(path).name))
+
+
+def remove_orphaned_temporaries(folder: Path, *, recursive: bool = True) -> list[Path]:
     """Delete temporary files :func:`atomic_write` left under ``folder`` when its process was
     killed (``.<name>.<random>.tmp``). Call it only while no one else writes there."""
     removed = []
-    for path in sorted(Path(folder).rglob(f".*{TMP_SUFFIX}")):
-        if _TMP_NAME.fullmatch(path.name) and path.is_file():
+    pattern = f".*{TMP_SUFFIX}"
+    found = Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern)
+    for path in sorted(found):
+        if _TMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from geomlab import io, stats, sweep
-from geomlab.runner import MANIFEST
+from geomlab import io, rundir, stats, sweep
+from geomlab.rundir import MANIFEST
+from geomlab.runner import writer_state
 
 # CSV tables of a run are shown when small enough to read on a page.
 MAX_TABLE_ROWS = 60
@@ -57,8 +58,9 @@ nav ul { margin: 4px 0; }
 
 
 class ReportError(ValueError):
-    """A directory is neither a run nor a sweep, or one of its files is missing or corrupt;
-    the message names it."""
+    """A directory is neither a run nor a sweep, one of its files is missing, corrupt or of
+    the wrong shape, a path in it leads outside it, or the page cannot be written; the
+    message names the file (the CLI exits 2)."""
 
 
 def esc(value: Any) -> str:
@@ -120,69 +122,83 @@ def _anchor(text: str) -> str:
 # --------------------------------------------------------------------------- one run
 
 
+def describe_status(run: rundir.RunDir) -> str:
+    """The run's status, and for ``running`` whether its writer is alive (as ``show`` says)."""
+    status = run.manifest.status
+    if status != "running":
+        return status
+    alive, _ = writer_state(run.path, run.manifest.model_dump(mode="json"))
+    return "running, but its writer is gone (killed?)" if alive is False else status
+
+
 def run_section(run_dir: Path, *, title: str | None = None, level: int = 2) -> str:
-    manifest = sweep.read_manifest(run_dir)
-    if manifest is None:
-        raise ReportError(f"{run_dir} is not a run directory (no {MANIFEST})")
-    env = manifest.get("environment") or {}
-    status = manifest.get("status", "?")
-    parts = [f"<h{level}>{esc(title or run_dir.name)} {status_span(status)}</h{level}>"]
+    """One run: its manifest, gates, headline, and exactly the figures and tables its
+    manifest lists as artifacts (each checked to stay inside ``run_dir``), never a glob."""
+    run = rundir.read_run(run_dir)
+    manifest = run.manifest
+    env = manifest.environment
+    status = describe_status(run)
+    css_status = manifest.status if status == manifest.status else "failed"
+    parts = [
+        f"<h{level}>{esc(title or run_dir.name)} "
+        f'<span class="status {esc(css_status)}">{esc(status)}</span></h{level}>'
+    ]
     parts.append(f'<p class="meta">{esc(run_dir)}</p>')
 
     info = [
-        ("experiment", manifest.get("experiment")),
-        ("preset", manifest.get("preset")),
+        ("experiment", manifest.experiment),
+        ("preset", manifest.preset),
         ("status", status),
-        ("config hash", manifest.get("config_hash")),
-        ("started", manifest.get("started")),
-        ("finished", manifest.get("finished")),
-        ("wall seconds", manifest.get("wall_seconds")),
-        ("resumed", manifest.get("resumed")),
-        ("device", env.get("device")),
-        ("host", env.get("hostname")),
-        ("torch threads", env.get("torch_threads")),
-        ("versions", f"geomlab {env.get('geomlab')}, torch {env.get('torch')}, "
-                     f"numpy {env.get('numpy')}, python {env.get('python')}"),
-        ("git commit", env.get("git_commit")),
-        ("error", manifest.get("error")),
+        ("config hash", manifest.config_hash),
+        ("started", manifest.started),
+        ("finished", manifest.finished),
+        ("wall seconds", manifest.wall_seconds),
+        ("resumed", manifest.resumed),
+        ("device", env.device),
+        ("host", env.hostname),
+        ("torch threads", env.torch_threads),
+        ("versions", f"geomlab {env.geomlab}, torch {env.torch}, "
+                     f"numpy {env.numpy}, python {env.python}"),
+        ("git commit", env.git_commit),
+        ("error", manifest.error),
     ]  # fmt: skip
     rows = [[key, value] for key, value in info if value is not None]
     parts.append("<h4>Manifest</h4>" + table(["field", "value"], rows, css="manifest"))
 
-    config = manifest.get("config") or {}
     parts.append(
         "<details><summary>Config</summary>"
-        + table(["field", "value"], [[k, v] for k, v in config.items()], css="config")
+        + table(["field", "value"], [[k, v] for k, v in manifest.config.items()], css="config")
         + "</details>"
     )
-    gates = manifest.get("gates") or []
-    if gates:
+    if manifest.gates:
         gate_rows = [
             [
-                gate.get("name"),
-                gate.get("scope", ""),
-                status_span("pass" if gate.get("passed") else "fail"),
-                gate.get("message", ""),
+                gate.name,
+                gate.scope,
+                status_span("pass" if gate.passed else "fail"),
+                gate.message,
             ]
-            for gate in gates
+            for gate in manifest.gates
         ]
         parts.append(
             "<h4>Gates</h4>"
             + table(["gate", "scope", "result", "message"], gate_rows, css="gates", raw_columns={2})
         )
-    headline = manifest.get("headline") or {}
-    if headline:
+    if manifest.headline:
         parts.append(
             "<h4>Headline</h4>"
-            + table(["metric", "value"], [[k, v] for k, v in headline.items()], css="headline")
+            + table(
+                ["metric", "value"], [[k, v] for k, v in manifest.headline.items()], css="headline"
+            )
         )
-    for png in sorted(run_dir.glob("*.png")):
+    for png in run.artifacts(".png"):
         parts.append(png_figure(png))
-    for csv in sorted(run_dir.glob("*.csv")):
+    for csv in run.artifacts(".csv"):
         parts.append(_csv_details(csv))
-    trace = run_dir / sweep.TRACEBACK_FILE
-    if trace.exists() and status in ("failed", "interrupted"):
-        parts.append(f"<h4>Traceback</h4><pre>{esc(trace.read_text())}</pre>")
+    if manifest.status in ("failed", "interrupted"):
+        trace = run.read_text(sweep.TRACEBACK_FILE)
+        if trace is not None:
+            parts.append(f"<h4>Traceback</h4><pre>{esc(trace)}</pre>")
     anchor = _anchor(f"run-{run_dir.resolve()}")
     return f'<section class="run" id="{anchor}">{"".join(parts)}</section>'
 
@@ -302,6 +318,8 @@ def _aggregate_table(aggregate: pd.DataFrame, grid_keys: list[str], metrics: lis
 
 
 def classify(path: Path) -> str:
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a directory (a run or sweep directory is)")
     if sweep.is_sweep_dir(path):
         return "sweep"
     if sweep.is_run_dir(path):
@@ -326,7 +344,7 @@ def build_report(dirs: list[Path]) -> str:
             else:
                 sections.append(run_section(path))
                 anchor = _anchor(f"run-{path.resolve()}")
-        except sweep.SweepError as error:  # a corrupt manifest, sweep.json or runs.csv
+        except (sweep.SweepError, rundir.RunDirError) as error:  # a bad file, a path out
             raise ReportError(str(error)) from None
         toc.append(f'<li><a href="#{anchor}">{esc(kind)}: {esc(path)}</a></li>')
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -343,4 +361,13 @@ def build_report(dirs: list[Path]) -> str:
 
 
 def write_report(dirs: list[Path], out: Path) -> Path:
-    return io.atomic_write_text(Path(out), build_report(dirs))
+    """Build the page, then write it atomically to ``out``; :class:`ReportError` for an
+    ``out`` that is a directory or cannot be written (read-only, missing permission, full)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ReportError(f"--out {out} is a directory; give the HTML file's path")
+    text = build_report(dirs)
+    try:
+        return io.atomic_write_text(out, text)
+    except OSError as error:
+        raise ReportError(f"cannot write the report to {out}: {error.strerror or error}") from None

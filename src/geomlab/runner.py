@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rich.console import Console
 
 import geomlab
-from geomlab import io
+from geomlab import io, rundir
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunResult
 
 if TYPE_CHECKING:  # torch is imported where a run needs it: `geomlab show` stays light
@@ -38,11 +38,17 @@ if TYPE_CHECKING:  # torch is imported where a run needs it: `geomlab show` stay
 
 T = TypeVar("T")
 
-MANIFEST = "manifest.json"
+MANIFEST = rundir.MANIFEST
 LOG_FILE = "run.log"
 PARTIAL_DIR = ".partial"
 LOCK_FILE = ".run.lock"
+STALE_SUFFIX = ".stale"  # --force moves another run's files into <stamp>.stale/
 PROGRESS_LOG_INTERVAL_S = 5.0
+# What a run directory holds besides its artifacts (a sweep worker's lock, a failed sweep
+# run's traceback, a corrupt manifest it set aside): never taken for another run's files.
+BOOKKEEPING = frozenset(
+    {MANIFEST, LOG_FILE, PARTIAL_DIR, LOCK_FILE, ".lock", "traceback.txt", "manifest.json.corrupt"}
+)
 
 
 class RunError(RuntimeError):
@@ -77,7 +83,7 @@ def resolve_device(request: str) -> torch.device:
 
 def config_hash(experiment_name: str, config: ExperimentConfig) -> str:
     """Short stable hash of the validated config (device excluded: it does not define science)."""
-    payload = config.model_dump(mode="json", exclude={"device"})
+    payload = config.hash_payload()
     text = json.dumps({"experiment": experiment_name, "config": payload}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -343,10 +349,13 @@ def hold_run_dir(out_dir: Path) -> Iterator[None]:
                 f"{out_dir} is being written by another geomlab run: {holder}; wait for it to "
                 "finish or choose another --out"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(_writer_identity()) + "\n")
-        handle.flush()
+        try:  # who holds it, for the message another process gets; the flock is what counts
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(_writer_identity()) + "\n")
+            handle.flush()
+        except OSError:  # e.g. a full disk: the lock is held all the same
+            pass
         with _held_guard:
             _held[key] = 1
         try:
@@ -354,10 +363,12 @@ def hold_run_dir(out_dir: Path) -> Iterator[None]:
         finally:
             with _held_guard:
                 del _held[key]
-            handle.seek(0)
-            handle.truncate()  # no writer now (the lock goes with the close)
+            with contextlib.suppress(OSError):
+                handle.seek(0)
+                handle.truncate()  # no writer now (the lock goes with the close)
     finally:
-        handle.close()
+        with contextlib.suppress(OSError):
+            handle.close()
 
 
 def writer_state(run_dir: Path, manifest: dict[str, Any]) -> tuple[bool | None, str]:
@@ -395,6 +406,27 @@ def writer_state(run_dir: Path, manifest: dict[str, Any]) -> tuple[bool | None, 
     return False, f"{described}: not running"
 
 
+def record_stopped_run(run_dir: Path) -> bool:
+    """A run whose manifest says ``running`` although its writer is gone (stopped by a signal
+    before it could say so): record it ``interrupted``, as it would have, under its lock (a
+    live writer keeps it: nothing changes). True when the manifest was rewritten."""
+    run_dir = Path(run_dir)
+    try:
+        with hold_run_dir(run_dir):
+            manifest = _read_manifest(run_dir / MANIFEST)
+            if manifest is None or manifest.get("status") != "running":
+                return False
+            manifest["status"] = "interrupted"
+            manifest.setdefault("error", "stopped by a signal before it could record it")
+            invocations = manifest.get("invocations") or []
+            if invocations and invocations[-1].get("status") == "running":
+                invocations[-1]["status"] = "interrupted"
+            write_manifest(run_dir / MANIFEST, manifest)
+            return True
+    except (RunInputError, OSError):  # busy (alive), unreadable: leave it as it is
+        return False
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -412,15 +444,44 @@ def _prepare_run_dir(out_dir: Path) -> None:
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
+    """The run directory's manifest (validated by :mod:`geomlab.rundir`), None if it has none."""
     try:
-        manifest = io.read_json(path)
-    except io.CorruptFileError as error:
+        return rundir.read_manifest_dict(path.parent)
+    except rundir.RunDirError as error:
         raise RunInputError(f"{error}; move it away to start this run afresh") from None
-    if not isinstance(manifest, dict):
-        raise RunInputError(f"{path} is not a geomlab manifest (a JSON object)")
-    return manifest
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
+    """Validate ``manifest`` with the readers' schema (:class:`geomlab.rundir.Manifest`),
+    then write it atomically: what the runner writes, every reader accepts."""
+    rundir.check_manifest(io.to_jsonable(manifest), path)
+    return io.write_json(path, manifest)
+
+
+def foreign_files(out_dir: Path) -> list[str]:
+    """Top-level entries of ``out_dir`` that are no run's bookkeeping: with no manifest beside
+    them, files another run left (its figures, tables, checkpoints)."""
+    names = []
+    for entry in sorted(out_dir.iterdir()):
+        name = entry.name
+        if name in BOOKKEEPING or name.endswith(STALE_SUFFIX) or io.is_temporary(entry):
+            continue
+        names.append(name)
+    return names
+
+
+def set_aside(out_dir: Path, names: list[str]) -> Path:
+    """Move ``names`` (entries of ``out_dir``) into a fresh ``<UTC stamp>.stale/`` folder."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = out_dir / f"previous-{stamp}{STALE_SUFFIX}"
+    index = 1
+    while folder.exists():
+        index += 1
+        folder = out_dir / f"previous-{stamp}-{index}{STALE_SUFFIX}"
+    folder.mkdir()
+    for name in names:
+        os.replace(out_dir / name, folder / name)
+    return folder
 
 
 def _parse_time(stamp: Any) -> float | None:
@@ -509,15 +570,26 @@ def run_experiment(
         previous = _read_manifest(manifest_path)
         if previous is not None:
             if previous.get("config_hash") != digest:
-                raise RunError(
-                    f"{out_dir} holds a run of another config (hash "
-                    f"{previous.get('config_hash')}, this one {digest}); choose another --out"
+                raise RunInputError(
+                    f"{out_dir} holds a run of another config ({previous.get('experiment')}, "
+                    f"hash {previous.get('config_hash')}; this one: {experiment.name}, hash "
+                    f"{digest}); choose another --out"
                 )
             if previous.get("status") in ("complete", "gates_failed") and not force:
                 return RunOutcome("already_complete", out_dir, None, previous)
+        stale = foreign_files(out_dir) if previous is None or force else []
+        if stale and not force:
+            shown = ", ".join(stale[:8]) + (f" and {len(stale) - 8} more" if len(stale) > 8 else "")
+            raise RunInputError(
+                f"{out_dir} holds files of another run but no {MANIFEST} ({shown}); they would "
+                "be mixed with this run's: choose another --out, or --force to move them "
+                f"aside into a *{STALE_SUFFIX}/ folder"
+            )
+        moved = set_aside(out_dir, stale) if stale else None
         return _run_locked(
             experiment, config, preset=preset, out_dir=out_dir, digest=digest, device=device,
             previous=previous, console=console, interactive=interactive, force=force,
+            moved=moved,
         )  # fmt: skip
 
 
@@ -533,6 +605,7 @@ def _run_locked(
     console: Console,
     interactive: bool,
     force: bool,
+    moved: Path | None = None,
 ) -> RunOutcome:
     pieces_dir = out_dir / PARTIAL_DIR / digest
     if force:
@@ -564,12 +637,6 @@ def _run_locked(
         "writer": writer,  # pid, host, since: `geomlab show` tells whether it is alive
         "invocations": [*earlier, invocation],
     }
-    io.write_json(out_dir / MANIFEST, manifest)
-    log.info("%s (%s preset) -> %s on %s", experiment.name, preset, out_dir, device)
-    if force:
-        log.info("--force: recomputing every piece")
-    elif resumed:
-        log.info("resuming an unfinished run in %s", out_dir)
 
     def close(status: str, **extra: Any) -> None:
         wall = time.perf_counter() - start
@@ -580,32 +647,53 @@ def _run_locked(
             wall_seconds=sum(item["wall_seconds"] or 0.0 for item in manifest["invocations"]),
             **extra,
         )
-        io.write_json(out_dir / MANIFEST, manifest)
+        write_manifest(out_dir / MANIFEST, manifest)
+
+    finishing: list[str] = []  # the final status, once its write has begun
+
+    def stopped(error: BaseException) -> None:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        if finishing:  # the signal came while the completion marker was being written
+            with contextlib.suppress(Exception):
+                if io.read_json(out_dir / MANIFEST).get("status") == finishing[0]:
+                    close_logger(log)  # it is on disk: the run finished, keep it so
+                    return
+        manifest.pop("artifacts", None)  # a run that did not finish lists none
+        close(status, error=f"{type(error).__name__}: {error}")
+        log.error("run %s: %s", status, manifest["error"])
+        close_logger(log)
 
     ctx = Context(
         out_dir=out_dir, device=device, log=log, console=console, interactive=interactive,
         pieces_dir=pieces_dir,
     )  # fmt: skip
     start = time.perf_counter()
+    write_manifest(out_dir / MANIFEST, manifest)
+    # From here on a signal at any point (not only inside the experiment) records the run as
+    # `interrupted`: the manifest never stays `running` once this process is gone.
     try:
+        log.info("%s (%s preset) -> %s on %s", experiment.name, preset, out_dir, device)
+        if moved is not None:
+            log.info("--force: moved the files of an earlier run aside into %s", moved.name)
+        if force:
+            log.info("--force: recomputing every piece")
+        elif resumed:
+            log.info("resuming an unfinished run in %s", out_dir)
         result = experiment.run(config, ctx)
+        status = "complete" if result.gates_passed else "gates_failed"
+        extra: dict[str, Any] = {
+            "gates": [gate.as_row() for gate in result.gates],
+            "headline": result.headline,
+            "artifacts": sorted(ctx.written),
+        }
+        if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
+            extra["data"] = result.summary["data"]
+        # The manifest's final status is written last: it is the completion marker.
+        finishing.append(status)
+        close(status, **extra)
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        close(status, error=f"{type(error).__name__}: {error}")
-        log.error("run %s: %s", status, manifest["error"])
-        close_logger(log)
+        stopped(error)
         raise
-
-    status = "complete" if result.gates_passed else "gates_failed"
-    extra: dict[str, Any] = {
-        "gates": [gate.as_row() for gate in result.gates],
-        "headline": result.headline,
-        "artifacts": sorted(ctx.written),
-    }
-    if "data" in result.summary:  # e.g. label-noise records: part of what defines the run
-        extra["data"] = result.summary["data"]
-    # The manifest's final status is written last: it is the completion marker.
-    close(status, **extra)
     removed = io.remove_orphaned_temporaries(out_dir)  # we hold the lock: nobody writes them
     if removed:
         log.info("removed %d temporary file(s) left by an earlier, killed invocation", len(removed))

@@ -13,14 +13,18 @@ Where the files come from, in order:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import os
+import socket
 import struct
+import threading
 import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,26 +245,136 @@ class _DeadlineExceeded(Exception):
     pass
 
 
+MAX_REDIRECTS = 5
+
+
+class _Watchdog:
+    """Ends a request at a ``time.monotonic()`` deadline, whatever it is waiting for (the
+    status line, headers, body bytes): a timer shuts the connection's socket down, so the
+    blocked read returns at once. Socket timeouts only bound one read each."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._guard = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._guard:
+            self._sockets.append(sock)
+            fired = self.fired.is_set()
+        if fired:
+            self._shut(sock)
+
+    def _fire(self) -> None:
+        with self._guard:
+            self.fired.set()
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the plain socket's shutdown, also under TLS
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def check(self) -> None:
+        if self.fired.is_set() or time.monotonic() > self.deadline:
+            raise _DeadlineExceeded
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _connect(url: str, timeout: float, watchdog: _Watchdog) -> http.client.HTTPResponse:
+    """GET ``url`` (following redirects), every step under ``watchdog``."""
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise urllib.error.URLError(f"not an http(s) URL: {url!r}")
+        kind = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        connection = kind(parts.hostname, parts.port, timeout=timeout)
+        try:
+            connection.connect()
+            watchdog.watch(connection.sock)
+            watchdog.check()
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            connection.request("GET", target, headers={"User-Agent": "geomlab"})
+            response = connection.getresponse()
+        except BaseException:
+            connection.close()
+            watchdog.check()  # a read cut by the watchdog is the deadline, not the mirror
+            raise
+        if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+            url = urllib.parse.urljoin(url, response.getheader("Location"))
+            connection.close()
+            continue
+        if response.status != 200:
+            connection.close()
+            raise urllib.error.HTTPError(url, response.status, response.reason, None, None)
+        return response
+    raise urllib.error.URLError(f"more than {MAX_REDIRECTS} redirects from {url}")
+
+
 def _fetch(url: str, tmp: Path, expected_md5: str, timeout: float, deadline: float) -> None:
     """Download ``url`` into ``tmp`` and check its MD5 (the caller renames it into place).
 
-    ``timeout`` bounds each network read; ``deadline`` (a ``time.monotonic()`` instant) bounds
-    the whole download, checked after every read, so a mirror that drips bytes cannot hold it
-    for longer than the deadline plus one read."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    ``timeout`` bounds each network operation; ``deadline`` (a ``time.monotonic()`` instant)
+    bounds the whole request, connection, status line and headers included: a mirror that
+    drips header or body bytes is cut off at the deadline."""
+    if deadline - time.monotonic() <= 0:
         raise _DeadlineExceeded
-    with (
-        urllib.request.urlopen(url, timeout=min(timeout, remaining)) as response,
-        open(tmp, "wb") as out,
-    ):
-        while chunk := response.read1(1 << 16):
-            out.write(chunk)
-            if time.monotonic() > deadline:
-                raise _DeadlineExceeded
+    watchdog = _Watchdog(deadline)
+    try:
+        response = _connect(url, min(timeout, max(0.01, deadline - time.monotonic())), watchdog)
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := response.read1(1 << 16):
+                    out.write(chunk)
+                    watchdog.check()
+        except (OSError, http.client.HTTPException):
+            watchdog.check()
+            raise
+        finally:
+            response.close()
+        watchdog.check()
+    finally:
+        watchdog.cancel()
     actual = _md5(tmp)
     if actual != expected_md5:
         raise _ChecksumMismatch(f"MD5 {actual} != expected {expected_md5}")
+
+
+@contextlib.contextmanager
+def _download_lock(folder: Path) -> Iterator[None]:
+    """One download into ``folder`` at a time (a lock on the folder itself, released by the
+    OS if the process dies): the holder may delete temporary files that earlier, killed
+    downloads left, since nobody else is writing them."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MNISTDataError(
+                f"another download into {folder} is running; wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def download_mnist(
@@ -276,44 +390,58 @@ def download_mnist(
     ``~/.cache/geomlab``), trying mirrors in order and verifying each file's MD5. Files already
     present with the right checksum are kept. Returns the file paths.
 
-    ``timeout`` (seconds) bounds each network read, ``deadline`` (seconds) the whole call: past
-    it the download stops with :class:`MNISTDataError`. A failed or stopped download leaves no
-    partial file behind (each is written through :func:`geomlab.io.atomic_write`)."""
+    ``timeout`` (seconds) bounds each network operation, ``deadline`` (seconds) the whole call,
+    headers included: past it the download stops with :class:`MNISTDataError`. A failed or
+    stopped download leaves no partial file behind (each is written through
+    :func:`geomlab.io.atomic_write`, which removes its temporary file on every exception, Ctrl-C
+    and SIGTERM included); one killed outright (kill -9) leaves its temporary file, which the
+    next download into the folder removes."""
     if not deadline > 0:
         raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
     until = time.monotonic() + deadline
     folder = (Path(dest).expanduser() if dest is not None else default_data_root()) / "mnist"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MNISTDataError(f"cannot create {folder}: {error.strerror or error}") from None
     written = []
-    for name, expected in checksums.items():
-        target = folder / name
-        if target.is_file() and _md5(target) == expected:
-            written.append(target)
-            continue
-        failures = []
-        for mirror in mirrors:
-            url = mirror.rstrip("/") + "/" + name
-            try:
-                io.atomic_write(
-                    target,
-                    lambda tmp, url=url, md5=expected: _fetch(url, tmp, md5, timeout, until),
-                )
-            except _DeadlineExceeded:
-                raise MNISTDataError(
-                    f"downloading MNIST took longer than its deadline of {deadline:g} s (at "
-                    f"{url}); nothing partial was kept: retry, pick a faster --mirror or give "
-                    "a longer --deadline"
-                ) from None
-            except (urllib.error.URLError, OSError, _ChecksumMismatch) as error:
-                failures.append(f"{url}: {error}")
+    with _download_lock(folder):
+        removed = io.remove_orphaned_temporaries(folder, recursive=False)
+        if removed and log is not None:
+            log(f"removed {len(removed)} partial file(s) an earlier, killed download left")
+        for name, expected in checksums.items():
+            target = folder / name
+            if target.is_file() and _md5(target) == expected:
+                written.append(target)
                 continue
-            if log is not None:
-                log(f"downloaded {url}")
-            break
-        else:
-            raise MNISTDataError(f"could not download {name}:\n  " + "\n  ".join(failures))
-        written.append(target)
+            _download_one(name, expected, target, mirrors, timeout, until, deadline, log)
+            written.append(target)
     return written
+
+
+def _download_one(name, expected, target, mirrors, timeout, until, deadline, log) -> None:
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + name
+        try:
+            io.atomic_write(
+                target,
+                lambda tmp, url=url, md5=expected: _fetch(url, tmp, md5, timeout, until),
+            )
+        except _DeadlineExceeded:
+            raise MNISTDataError(
+                f"downloading MNIST took longer than its deadline of {deadline:g} s (at "
+                f"{url}); nothing partial was kept: retry, pick a faster --mirror or give "
+                "a longer --deadline"
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException,
+                _ChecksumMismatch) as error:  # fmt: skip
+            failures.append(f"{url}: {error}")
+            continue
+        if log is not None:
+            log(f"downloaded {url}")
+        return
+    raise MNISTDataError(f"could not download {name}:\n  " + "\n  ".join(failures))
 
 
 # --- label noise -----------------------------------------------------------------------------

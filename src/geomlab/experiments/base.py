@@ -7,13 +7,25 @@ returns a :class:`RunResult`. The runner owns directories, manifests and atomic 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Protocol,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -76,6 +88,57 @@ def _non_finite_path(value: Any, path: str) -> str | None:
     return None
 
 
+def _admits_bool(annotation: Any) -> bool:
+    """Does a field of this type take ``true``/``false`` as such (bool, Any, a Literal of
+    booleans, a union with one of those)?"""
+    if annotation is bool or annotation is Any:
+        return True
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _admits_bool(args[0])
+    if origin in (Union, types.UnionType):
+        return any(_admits_bool(arg) for arg in args)
+    if origin is Literal:
+        return any(isinstance(arg, bool) for arg in args)
+    return False
+
+
+def _element_types(annotation: Any, length: int) -> list[Any] | None:
+    """The annotations of a list/tuple value's elements, None when ``annotation`` takes none."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _element_types(args[0], length)
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            found = _element_types(arg, length)
+            if found is not None:
+                return found
+        return None
+    if origin in (list, set, frozenset) and args:
+        return [args[0]] * length
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return [args[0]] * length
+        return list(args[:length]) + [Any] * max(0, length - len(args))
+    return None
+
+
+def _bool_for_number(value: Any, annotation: Any, path: str) -> str | None:
+    """The dotted path of a ``true``/``false`` given where a number (or text) is expected:
+    pydantic would read it as 1/0, so ``n_seeds=true`` would silently mean one seed."""
+    if isinstance(value, bool):
+        return None if _admits_bool(annotation) else path
+    if isinstance(value, list | tuple):
+        types_ = _element_types(annotation, len(value))
+        if types_ is None:
+            return None
+        for index, (item, item_type) in enumerate(zip(value, types_, strict=True)):
+            found = _bool_for_number(item, item_type, f"{path}.{index}")
+            if found is not None:
+                return found
+    return None
+
+
 class ExperimentConfig(BaseModel):
     """Base class of every experiment config, validated before any work starts:
 
@@ -92,10 +155,31 @@ class ExperimentConfig(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    def hash_payload(self) -> dict[str, Any]:
+        """What defines the science of a run: the config's JSON values, device excluded (the
+        runner hashes this into the config hash). Configs with fields that only steer how a
+        run proceeds (not what it computes) leave them out too."""
+        return self.model_dump(mode="json", exclude={"device"})
+
     def memory_estimates(self) -> dict[str, float]:
         """Bytes the run needs at least, keyed by the config field that drives it (a lower
         bound: the largest arrays). Experiments override this; the base needs none."""
         return {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for name, value in values.items():
+                info = cls.model_fields.get(name)
+                if info is None:
+                    continue
+                path = _bool_for_number(value, info.annotation, name)
+                if path is not None:
+                    raise ValueError(
+                        f"field '{path}' must be a number, not a boolean (got {json.dumps(value)})"
+                    )
+        return values
 
     @model_validator(mode="after")
     def _finite_and_fits(self) -> ExperimentConfig:

@@ -25,9 +25,15 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 
-from geomlab import io
+from geomlab import io, rundir
 from geomlab.experiments.base import Experiment
-from geomlab.runner import MANIFEST, Terminated, close_logger, sigterm_as_interrupt
+from geomlab.runner import (
+    MANIFEST,
+    Terminated,
+    close_logger,
+    record_stopped_run,
+    sigterm_as_interrupt,
+)
 from geomlab.sweep.display import SweepDisplay, sweep_logger
 from geomlab.sweep.executors import (
     Backend,
@@ -56,7 +62,6 @@ from geomlab.sweep.layout import (
     SweepError,
     finished_manifest,
     is_run_dir,
-    read_json,
     read_manifest,
 )
 from geomlab.sweep.tables import (
@@ -111,8 +116,8 @@ def previous_sweep(out_dir: Path, experiment: Experiment, runs: list[RunSpec]) -
     if not path.exists():
         return None
     try:
-        previous = read_json(path)
-    except CorruptFileError as error:
+        previous = rundir.read_sweep_record(out_dir).model_dump(mode="json", exclude_unset=True)
+    except rundir.RunDirError as error:
         raise SweepError(
             f"{error}; remove it to start this sweep in {out_dir}, or choose another --out"
         ) from None
@@ -134,7 +139,13 @@ def driver_lock(out_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover
         yield
         return
-    with open(out_dir / DRIVER_LOCK, "a") as handle:
+    try:
+        handle = open(out_dir / DRIVER_LOCK, "a")  # noqa: SIM115 - held across the yield
+    except OSError as error:
+        raise SweepError(
+            f"cannot use {out_dir} as a sweep directory: {error.strerror or error}"
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -279,10 +290,19 @@ class _Drive:
         self.pool_broken = False
 
     def record_interrupted(self) -> None:
-        """After Ctrl-C the workers got the signal too: read what they recorded."""
+        """After Ctrl-C or SIGTERM the workers were stopped (the pool is closed): read what
+        they recorded. A run whose manifest still says ``running`` and whose writer is gone
+        was stopped before it could say so itself: it is recorded ``interrupted``."""
         for run in self.runs:
             if self.rows[run.name]["status"] == "running":
-                self.rows[run.name] = run_row(run, self._manifest(run), None)
+                manifest = self._manifest(run)
+                still_running = manifest is not None and manifest.get("status") == "running"
+                # stopped before it could record it: its lock is free, record it here
+                if still_running and record_stopped_run(self.runs_dir / run.name):
+                    self.log.warning("%s: stopped before it recorded it; now interrupted",
+                                     run.label)  # fmt: skip
+                    manifest = self._manifest(run)
+                self.rows[run.name] = run_row(run, manifest, None)
         self.write_runs()
 
     def finish(self) -> SweepOutcome:
@@ -377,9 +397,19 @@ def run_sweep(
     console = console or Console(stderr=True)
     interactive = console.is_terminal if interactive is None else interactive
     previous = previous_sweep(out_dir, experiment, runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SweepError(
+            f"cannot create sweep directory {out_dir}: {error.strerror or error}"
+        ) from None
     with driver_lock(out_dir), sigterm_as_interrupt(SweepTerminated):
-        io.write_json(out_dir / SWEEP_FILE, sweep_record(spec, experiment, runs, previous))
+        try:
+            io.write_json(out_dir / SWEEP_FILE, sweep_record(spec, experiment, runs, previous))
+        except OSError as error:
+            raise SweepError(
+                f"cannot write {out_dir / SWEEP_FILE}: {error.strerror or error}"
+            ) from None
         log = sweep_logger(out_dir, console, interactive)
         try:
             drive = _Drive(spec, experiment, runs, out_dir, log)

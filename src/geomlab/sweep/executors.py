@@ -26,7 +26,8 @@ from rich.console import Console
 
 from geomlab import experiments, io
 from geomlab.config import build_config
-from geomlab.runner import config_hash, run_experiment
+from geomlab.runner import config_hash, foreign_files, run_experiment
+from geomlab.runner import set_aside as move_aside
 from geomlab.sweep.layout import (
     CORRUPT_SUFFIX,
     RUN_LOCK,
@@ -90,7 +91,12 @@ def set_aside(error: CorruptFileError) -> str:
     run is redone; returns what to log."""
     kept = error.path.with_name(error.path.name + CORRUPT_SUFFIX)
     os.replace(error.path, kept)
-    return f"{error}; kept it as {kept.name} and redid the run"
+    note = f"{error}; kept it as {kept.name} and redid the run"
+    stale = foreign_files(error.path.parent)  # that run's files: never mixed with the redo
+    if stale:
+        folder = move_aside(error.path.parent, stale)
+        note += f" (its other files are in {folder.name}/)"
+    return note
 
 
 def execute_run(task: RunTask) -> RunReport:

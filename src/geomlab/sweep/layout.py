@@ -17,8 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from geomlab import io
-from geomlab.runner import MANIFEST
+from geomlab import io, rundir
 
 SWEEP_FILE = "sweep.json"
 RUNS_CSV = "runs.csv"
@@ -56,14 +55,12 @@ def read_json(path: Path) -> Any:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
-    """A run's manifest, ``None`` when it has none yet; :class:`CorruptFileError` if corrupt."""
-    path = Path(run_dir) / MANIFEST
-    if not path.exists():
-        return None
-    manifest = read_json(path)
-    if not isinstance(manifest, dict):
-        raise CorruptFileError(path, f"{path} is not a manifest (a JSON {type(manifest).__name__})")
-    return manifest
+    """A run's manifest, ``None`` when it has none yet; :class:`CorruptFileError` naming the
+    file when it is not valid JSON or not a manifest's shape (:mod:`geomlab.rundir` checks)."""
+    try:
+        return rundir.read_manifest_dict(run_dir)
+    except rundir.RunDirError as error:
+        raise CorruptFileError(error.path, str(error)) from None
 
 
 def finished_manifest(run_dir: Path, digest: str) -> dict[str, Any] | None:
@@ -73,9 +70,5 @@ def finished_manifest(run_dir: Path, digest: str) -> dict[str, Any] | None:
     return manifest if finished and manifest.get("config_hash") == digest else None
 
 
-def is_sweep_dir(path: Path) -> bool:
-    return (Path(path) / SWEEP_FILE).exists()
-
-
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / MANIFEST).exists()
+is_sweep_dir = rundir.is_sweep_dir
+is_run_dir = rundir.is_run_dir

@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from geomlab import io, stats
+from geomlab import io, rundir, stats
 from geomlab.sweep.layout import (
     FINISHED,
-    RUNS_CSV,
-    RUNS_DIR,
-    SWEEP_FILE,
+    CorruptFileError,
     SweepError,
-    read_json,
     read_manifest,
 )
 
@@ -123,29 +120,29 @@ class SweepTables:
     aggregate: pd.DataFrame
 
     def run_dir(self, name: str) -> Path:
-        return self.path / RUNS_DIR / name
+        """The run directory of runs.csv's ``run`` cell: refused (:class:`SweepError`) unless
+        it resolves inside the sweep's ``runs/`` folder."""
+        try:
+            return rundir.sweep_run_dir(self.path, name)
+        except rundir.RunDirError as error:
+            raise SweepError(str(error)) from None
 
 
 def load_sweep(sweep_dir: Path) -> SweepTables:
-    """Read a sweep directory; :class:`SweepError` naming a missing or corrupt file."""
+    """Read a sweep directory through :mod:`geomlab.rundir` (schemas of ``sweep.json`` and of
+    the run manifests, ``runs.csv``'s columns, every run inside the sweep); a
+    :class:`SweepError` names a missing, corrupt or wrongly shaped file."""
     sweep_dir = Path(sweep_dir)
-    record = read_json(sweep_dir / SWEEP_FILE)
-    if not isinstance(record, dict):
-        raise SweepError(f"{sweep_dir / SWEEP_FILE} does not hold a sweep record")
-    runs_path = sweep_dir / RUNS_CSV
-    if not runs_path.exists():
-        raise SweepError(f"{sweep_dir} has {SWEEP_FILE} but no {RUNS_CSV}")
     try:
-        runs = pd.read_csv(runs_path)
-        missing = {"run", "label", "status"} - set(runs.columns)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise SweepError(f"{runs_path} is not a readable CSV table: {error}") from None
-    if missing:
-        raise SweepError(f"{runs_path} lacks the column(s) {', '.join(sorted(missing))}")
-    grid_keys = list(record.get("grid") or {})
+        sweep = rundir.read_sweep(sweep_dir)
+    except rundir.RunDirError as error:
+        raise CorruptFileError(error.path, str(error)) from None
+    record = sweep.record.model_dump(mode="json", exclude_unset=True)
+    runs = sweep.runs
+    grid_keys = list(sweep.record.grid)
     config_fields: list[str] = []
     for name in runs["run"]:  # the config's fields, from the first run that has a manifest
-        manifest = read_manifest(sweep_dir / RUNS_DIR / name)
+        manifest = read_manifest(sweep.run_dir(name))
         if manifest is not None:
             config_fields = list(manifest.get("config") or {})
             break

@@ -6,15 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from geomlab import io
+from geomlab import rundir
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
 from geomlab.experiments.lambda_control.experiment import (
+    BUILTIN_MODELS,
     EXPERIMENT,
     FIT_COLUMNS,
     Config,
@@ -26,12 +28,40 @@ from geomlab.experiments.lambda_control.experiment import (
 )
 from geomlab.experiments.lambda_control.types import Condition, Pair, pairs_from_cli
 from geomlab.geometry.gates import finite_columns_gate
+from geomlab.models.loading import is_import_path
+from geomlab.runner import RunInputError
 from geomlab.training import load_checkpoint
+
+
+class UntrustedModelError(ValueError):
+    """The source run names a model factory by import path and nobody said to run it."""
+
+
+class CheckpointError(RunInputError):
+    """A checkpoint of the source run cannot be loaded into its model; names the file."""
+
+
+def _source_manifest(source: str | Path) -> rundir.Manifest:
+    """The source run's manifest, validated (never executed): :class:`ValueError` naming the
+    file when it is missing, corrupt or of the wrong shape."""
+    path = Path(source)
+    try:
+        manifest = rundir.read_manifest(path)
+    except rundir.RunDirError as error:
+        raise ValueError(str(error)) from None
+    if manifest is None:
+        raise ValueError(f"{source} has no manifest.json: not a geomlab run directory")
+    return manifest
 
 
 class MeasureConfig(ExperimentConfig):
     """λ re-measured from a lambda-control run's checkpoints: the run's config with the λ
-    settings given here (None keeps the run's value)."""
+    settings given here (None keeps the run's value).
+
+    A run directory may come from someone else: its manifest is data. When it names a model
+    factory by import path (``model=package.module:function``), that code is imported and
+    called only with ``trust_model`` (``--trust-model``) or when ``model`` names it again
+    (``--model``); otherwise validation stops, saying which import it would run."""
 
     source: str = Field(description="the lambda-control run directory whose models are measured")
     pairs: list[Pair] | None = None
@@ -42,6 +72,21 @@ class MeasureConfig(ExperimentConfig):
     max_points: int | None = Field(None, ge=1)
     min_points: int | None = Field(None, ge=2)
     data_dir: str | None = None
+    model: str | None = Field(
+        None, description="the model factory (import path) to build the run's models with"
+    )
+    trust_model: bool = Field(
+        False, description="import and call the model factory the source manifest names"
+    )
+
+    def hash_payload(self) -> dict[str, Any]:
+        """Trusting the source changes nothing measured; a model given again that equals the
+        run's is the run's (the hash is the one of earlier geomlab versions)."""
+        payload = super().hash_payload()
+        payload.pop("trust_model", None)
+        if payload.get("model") is None:
+            payload.pop("model", None)
+        return payload
 
     @field_validator("pairs", mode="before")
     @classmethod
@@ -52,43 +97,77 @@ class MeasureConfig(ExperimentConfig):
     @classmethod
     def _lambda_control_run(cls, value: str) -> str:
         path = Path(value).resolve()
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
-            raise ValueError(f"{value} has no manifest.json: not a geomlab run directory")
-        try:
-            experiment = io.read_json(manifest).get("experiment")
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read {manifest}: {error}") from None
+        experiment = _source_manifest(path).experiment
         if experiment != EXPERIMENT.name:
             raise ValueError(f"{value} is a {experiment!r} run, not {EXPERIMENT.name}")
         return str(path)
 
+    @field_validator("model")
+    @classmethod
+    def _model_spec(cls, value: str | None) -> str | None:
+        if value is not None and value not in BUILTIN_MODELS and not is_import_path(value):
+            raise ValueError(
+                f"model must be {' or '.join(BUILTIN_MODELS)} or package.module:function, "
+                f"got {value!r}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _merged_config_is_valid(self) -> MeasureConfig:
+        self.check_trust()
         if not any(path.is_file() for path in self.checkpoints(self.run_config()).values()):
             raise ValueError(f"no model checkpoints found in {Path(self.source) / 'checkpoints'}")
         return self
 
+    def source_model(self) -> Any:
+        return _source_manifest(self.source).config.get("model")
+
+    def check_trust(self) -> None:
+        """Refuse (:class:`UntrustedModelError`) to import a model factory that only the
+        received manifest names."""
+        named = self.source_model()
+        if self.model is not None or self.trust_model:
+            return
+        if isinstance(named, str) and is_import_path(named):
+            module, _, function = named.partition(":")
+            raise UntrustedModelError(
+                f"{Path(self.source) / rundir.MANIFEST} names the model {named!r}: measuring "
+                f"would import module {module!r} and call {function}(), code chosen by whoever "
+                f"wrote that run. If you trust it, pass --trust-model, or name it yourself "
+                f"with --model {named}"
+            )
+
     def checkpoints(self, run_config: Config) -> dict[tuple[Condition, int], Path]:
         """Where the source run keeps each (condition, seed) model (``summary.json`` records
-        it; older runs: ``checkpoints/<condition>_seed<s>.pt``)."""
+        it; older runs: ``checkpoints/<condition>_seed<s>.pt``); every path must stay inside
+        the source run (:class:`ValueError` naming the file otherwise)."""
         source = Path(self.source)
         summary = source / "summary.json"
-        recorded = io.read_json(summary).get("checkpoints", {}) if summary.is_file() else {}
-        paths = {}
-        for condition in run_config.conditions:
-            for seed in run_config.seeds:
-                name = checkpoint_name(condition, seed)
-                paths[condition, seed] = source / recorded.get(
-                    name.removesuffix(".pt"), f"checkpoints/{name}"
-                )
+        recorded: Any = {}
+        try:
+            if summary.is_file() or summary.is_symlink():
+                recorded = rundir.read_contained_json(source, "summary.json")
+                recorded = recorded.get("checkpoints", {}) if isinstance(recorded, dict) else None
+                if not isinstance(recorded, dict):
+                    raise ValueError(f"{summary}: field 'checkpoints' is not an object")
+            paths = {}
+            for condition in run_config.conditions:
+                for seed in run_config.seeds:
+                    name = checkpoint_name(condition, seed)
+                    relative = recorded.get(name.removesuffix(".pt"), f"checkpoints/{name}")
+                    paths[condition, seed] = rundir.contained(
+                        source, relative, source=summary, what="checkpoint"
+                    )
+        except rundir.RunDirError as error:
+            raise ValueError(str(error)) from None
         return paths
 
     def run_config(self) -> Config:
         """The source run's config with this measurement's settings."""
-        values = dict(io.read_json(Path(self.source) / "manifest.json")["config"])
+        values = dict(_source_manifest(self.source).config)
+        self.check_trust()  # before Config imports a model factory to validate it
         fields = ("pairs", "prob_range", "boundary", "lambda_max_order", "lambda_directions",
-                  "max_points", "min_points", "data_dir")  # fmt: skip
+                  "max_points", "min_points", "data_dir", "model")  # fmt: skip
         values.update({k: getattr(self, k) for k in fields if getattr(self, k) is not None})
         values["device"] = self.device
         try:
@@ -96,7 +175,24 @@ class MeasureConfig(ExperimentConfig):
         except ValidationError as error:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                                  for e in error.errors())  # fmt: skip
-            raise ValueError(f"with the run's config: {problems}") from None
+            raise ValueError(
+                f"with the run's config ({Path(self.source) / rundir.MANIFEST}): {problems}"
+            ) from None
+
+
+def _load_model(model: Any, path: Path, device: Any) -> Any:
+    """``path``'s weights (``weights_only``: nothing in the file is executed) into ``model``;
+    :class:`CheckpointError` naming the file when it is refused or does not fit."""
+    try:
+        return load_checkpoint(model, path, device=device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, TypeError, ValueError,
+            AttributeError, KeyError) as error:  # fmt: skip
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, pickle.UnpicklingError):
+            why = f"the safe loader (weights only) refused it, nothing in it was run: {first}"
+        else:
+            why = f"it does not fit the run's model ({type(error).__name__}: {first[:300]})"
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {why}") from None
 
 
 def run_measurement(config: MeasureConfig, ctx: RunContext) -> RunResult:
@@ -111,7 +207,7 @@ def run_measurement(config: MeasureConfig, ctx: RunContext) -> RunResult:
             missing.append(str(path.relative_to(source)))
             continue
         model = build_model(run_config, seed=seed, device=ctx.device)
-        model = load_checkpoint(model, path, device=ctx.device)
+        model = _load_model(model, path, ctx.device)
         measurements = measure_pairs(model, data, run_config, seed=seed, device=ctx.device)
         rows += [
             {"condition": condition.label, "seed": seed, "pair": pair.label,
@@ -169,6 +265,8 @@ def measure_lambda_from_run(
     data_dir: str | None = None,
     out_dir: str | Path | None = None,
     force: bool = False,
+    model: str | None = None,
+    trust_model: bool = False,
 ) -> pd.DataFrame:
     """Re-measure λ from a run's checkpoints (no retraining) for other pairs or settings.
 
@@ -177,6 +275,9 @@ def measure_lambda_from_run(
     ``lambda_remeasured.csv`` (one row per model and pair) and ``lambda_remeasured_fits.csv``
     (per order) into ``out_dir`` (default ``RUN_DIR/measure-lambda/<settings hash>``, so the
     same settings are measured once) and returns the first; ``table.attrs["out_dir"]`` says where.
+
+    A model factory the run's manifest names by import path is imported only with
+    ``trust_model`` or when ``model`` names one (see :class:`MeasureConfig`).
     """
     from geomlab.runner import run_experiment
 
@@ -184,13 +285,13 @@ def measure_lambda_from_run(
         "source": str(run_dir), "pairs": pairs, "prob_range": prob_range, "boundary": boundary,
         "lambda_max_order": max_order, "lambda_directions": num_directions,
         "max_points": max_points, "min_points": min_points, "data_dir": data_dir,
-        "device": device,
+        "device": device, "model": model, "trust_model": trust_model or None,
     }  # fmt: skip
     config = MEASURE_EXPERIMENT.make_config(
         "default", {k: v for k, v in overrides.items() if v is not None}
     )
     if out_dir is None:
-        settings = json.dumps(config.model_dump(mode="json", exclude={"device"}), sort_keys=True)
+        settings = json.dumps(config.hash_payload(), sort_keys=True)
         digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
         out_dir = Path(config.source) / "measure-lambda" / digest
     outcome = run_experiment(
