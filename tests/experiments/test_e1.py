@@ -158,12 +158,13 @@ def test_any_model_writes_the_same_artifacts_plus_solver_diagnostics(tmp_path, f
     raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
     assert list(raw.columns) == e1_pareto.RAW_COLUMNS + [
         "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
-        "direction_seconds",
+        "direction_seconds", "cg_tol", "solve_converged",
     ]  # fmt: skip
     assert set(raw["method"]) == {"sgd", "natgrad", "kfac", "ekfac"}
     ng_rows = raw[raw["method"] == "natgrad"]
     assert (ng_rows["solver"] == "cg").all() and (ng_rows["cg_iterations"] > 0).all()
-    assert (ng_rows["relative_residual"] < 1e-7).all()
+    assert (ng_rows["relative_residual"] < 1e-7).all() and ng_rows["solve_converged"].all()
+    assert (ng_rows["cg_tol"] == 1e-8).all()
     smallest = raw[raw["epsilon"] == 1e-6]
     assert ((smallest["kl_ratio"] - 1).abs() < 1e-2).all()  # every method KL-matched
     for name in ("E1_results_aggregated.csv", "E1_gate_validation.csv", "E1_summary.json",
