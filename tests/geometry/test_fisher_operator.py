@@ -469,3 +469,15 @@ def test_an_unconverged_cg_solve_says_so():
     assert full.converged and full.relative_residual <= ng.CG_RESIDUAL_SLACK * 1e-8
     dense = ng.natural_gradient(operator, gradient, solver="dense")
     assert dense.converged and dense.label() == "dense"
+
+
+def test_kfac_eligibility_leaves_out_attention_projections_it_cannot_hook():
+    # nn.MultiheadAttention uses out_proj.weight directly (never calls the nn.Linear), so K-FAC
+    # would see no inputs for it: refused by name instead of curvlinops' KeyError.
+    model, _, _ = _cls_token()
+    ineligible = cv.kfac_ineligible_parameters(model)
+    assert ineligible == ["cls", "attention.in_proj_weight", "attention.in_proj_bias",
+                          "attention.out_proj.weight", "attention.out_proj.bias",
+                          "norm.weight", "norm.bias"]  # fmt: skip
+    with pytest.raises(cv.UnsupportedShapeError, match="out_proj.*requires_grad_"):
+        cv.check_kfac_eligible(model)
