@@ -356,3 +356,15 @@ def test_e1_kfac_on_a_transformer_is_refused_before_work_and_runs_frozen(tmp_pat
     raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
     assert result.gates_passed and set(raw["method"]) == {"sgd", "natgrad", "kfac"}
     assert ((raw[raw["epsilon"] == 1e-7]["kl_ratio"] - 1).abs() < 1e-2).all()
+
+
+def test_a_non_positive_measured_kl_is_counted_as_unresolved_not_as_a_runaway():
+    config = get("e1").make_config("quick", {"dtype": "float32"})
+    raw = pd.DataFrame({"seed": [0, 0, 0], "epsilon": [1e-5, 1e-5, 1e-1],
+                        "method": ["sgd", "natgrad", "natgrad"], "loss_before": 1.0,
+                        "loss_after": 0.9, "delta_loss": 0.1, "kl_step": [1e-5, -2e-8, 0.5],
+                        "kl_ratio": [1.0, -2e-3, 5.0], "eta": 1.0})  # fmt: skip
+    gate, ok = e1_pareto.kl_runaway_gate(raw, config)
+    assert not gate.passed and ok.tolist() == [True, False, False]
+    assert gate.details["n_unresolved_kl"] == 1 and gate.details["n_runaway"] == 1
+    assert "1 of them measured KL <= 0: below the dtype's resolution, not a runaway" in gate.message

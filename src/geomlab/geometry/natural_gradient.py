@@ -119,6 +119,11 @@ def kl_matched_step_size(
         ValueError: when ``v^T F v <= 0`` (a null-space direction moves no prediction).
     """
     curvature = direction @ (fisher @ direction)
+    if not bool(torch.isfinite(curvature)):
+        raise NonFiniteOutputError(
+            f"the Fisher curvature d^T F d = {float(curvature)} is not finite: the Fisher or the "
+            "direction contains NaN/inf"
+        )
     if float(curvature) <= 0:
         raise ValueError(f"direction has non-positive Fisher curvature d^T F d = {curvature}")
     return torch.sqrt(
