@@ -481,3 +481,13 @@ def test_kfac_eligibility_leaves_out_attention_projections_it_cannot_hook():
                           "norm.weight", "norm.bias"]  # fmt: skip
     with pytest.raises(cv.UnsupportedShapeError, match="out_proj.*requires_grad_"):
         cv.check_kfac_eligible(model)
+
+
+def test_progress_brackets_the_kfac_factors():
+    model, data, loss = _mlp_classifier()
+    operator = cv.FisherOperator(model, data, loss=loss)
+    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    seen = []
+    ng.natural_gradient(operator, gradient, solver="ekfac", damping=1e-2,
+                        progress=lambda *e: seen.append(e[:3]))  # fmt: skip
+    assert seen == [("ekfac factors", 0, 1), ("ekfac factors", 1, 1)]

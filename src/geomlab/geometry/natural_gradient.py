@@ -477,6 +477,8 @@ def _natural_gradient(
         from curvlinops import KFACInverseLinearOperator
 
         eigenvalue_corrected = solver is Solver.EKFAC
+        if progress is not None:
+            progress(f"{solver.value} factors", 0, 1, "computing the Kronecker factors")
         base = fisher.kfac_unscaled(eigenvalue_corrected=eigenvalue_corrected)
         # (s K + lambda I)^-1 = (K + (lambda / s) I)^-1 / s for the Fisher's scale s.
         scale = fisher.scale
@@ -485,6 +487,8 @@ def _natural_gradient(
             base, damping=damping / scale, use_exact_damping=exact, use_heuristic_damping=not exact
         )
         direction = (inverse @ gradient) / scale
+        if progress is not None:
+            progress(f"{solver.value} factors", 1, 1, "factors computed and inverted")
     seconds = time.perf_counter() - start
     residual = fisher.matvec(direction) + damping * direction - gradient
     g_norm = gradient.norm()
