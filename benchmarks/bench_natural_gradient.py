@@ -13,6 +13,8 @@ In one run:
    the CG direction and its relative residual in the exact damped system.
 4. Dense (form F by P products, eigendecomposition) vs CG (to 1e-6) as P grows (MLPs of growing
    width, float64, 1000 synthetic points): where the crossover lies.
+5. The Fisher self-check (float64 copy, 4 samples, curvlinops vs torch.func), first call and
+   cached, against one Fisher-vector product on the section's data.
 """
 
 from __future__ import annotations
@@ -70,6 +72,27 @@ def cnn_section(args, device) -> None:
         f"{kfac.relative_residual:.2f}, cosine with the CG direction {cosine:.3f}"
     )
     print(f"K-FAC / CG time: {kfac.seconds / cg.seconds:.2f}")
+    print("\n## 5b. Fisher self-check: first call (s), cached (s), one FVP on all images (s)")
+    self_check_section("notebook CNN", model, data, batch_size=500)
+
+
+def self_check_section(label: str, model, data, *, batch_size: int) -> None:
+    """Cost of ``curvature.fisher_self_check`` (first call, then cached) vs one product."""
+    with eval_mode(model):
+        operator = cv.FisherOperator(model, data, loss="cross_entropy", batch_size=batch_size,
+                                     self_check=False)  # fmt: skip
+        v = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0)).to(
+            next(model.parameters())
+        )
+        product = best_time(lambda: operator.matvec(v), 1)
+
+        def fresh() -> None:
+            cv._SELF_CHECKED.pop(model, None)
+            cv.fisher_self_check(model, operator.batches, loss="cross_entropy")
+
+        first = best_time(fresh, 2)
+        cached = best_time(lambda: cv.fisher_self_check(model, data, loss="cross_entropy"), 3)
+    print(f"{label:<34} {operator.dim:>10} {first:>12.3f} {cached:>12.2e} {product:>10.3f}")
 
 
 def crossover_section(device) -> None:
@@ -115,6 +138,9 @@ def main() -> None:
     torch.manual_seed(0)
     mlp = build_mlp(784, 10, hidden=(256,), activation="tanh").to(device)
     fvp_vs_backward("MLP 784-256-10", mlp, (x, y), batch_size=1000, repeats=3)
+    print("\n## 5a. Fisher self-check: first call (s), cached (s), one FVP on all points (s)")
+    print(f"{'model':<34} {'P':>10} {'first s':>12} {'cached s':>12} {'FVP s':>10}")
+    self_check_section("MLP 784-256-10", mlp, (x, y), batch_size=1000)
     if not args.skip_cnn:
         cnn_section(args, device)
     crossover_section(device)

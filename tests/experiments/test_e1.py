@@ -158,12 +158,13 @@ def test_any_model_writes_the_same_artifacts_plus_solver_diagnostics(tmp_path, f
     raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
     assert list(raw.columns) == e1_pareto.RAW_COLUMNS + [
         "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
-        "direction_seconds",
+        "direction_seconds", "cg_tol", "solve_converged",
     ]  # fmt: skip
     assert set(raw["method"]) == {"sgd", "natgrad", "kfac", "ekfac"}
     ng_rows = raw[raw["method"] == "natgrad"]
     assert (ng_rows["solver"] == "cg").all() and (ng_rows["cg_iterations"] > 0).all()
-    assert (ng_rows["relative_residual"] < 1e-7).all()
+    assert (ng_rows["relative_residual"] < 1e-7).all() and ng_rows["solve_converged"].all()
+    assert (ng_rows["cg_tol"] == 1e-8).all()
     smallest = raw[raw["epsilon"] == 1e-6]
     assert ((smallest["kl_ratio"] - 1).abs() < 1e-2).all()  # every method KL-matched
     for name in ("E1_results_aggregated.csv", "E1_gate_validation.csv", "E1_summary.json",
@@ -234,3 +235,136 @@ def test_mnist_cnn_preset_is_valid_and_leaves_paper_unchanged():
     preset = get("e1").make_config("mnist-cnn")
     assert preset.model == "mnist-cnn" and preset.data == "mnist" and not preset.notebook_path
     assert get("e1").make_config("paper").notebook_path
+
+
+# --- Honest solves, the epsilon floor, user transformers ------------------------------------
+
+
+def test_epsilons_below_the_dtype_round_off_floor_are_refused_naming_the_floor():
+    with pytest.raises(
+        ConfigError, match=r"epsilon_values.*1e-07.*float32 round-off floor 1\.19e-06"
+    ):
+        get("e1").make_config("quick", {"dtype": "float32", "epsilon_values": [1e-7, 1e-3]})
+    assert e1_pareto.epsilon_floor("float64") == pytest.approx(2.22e-15, rel=1e-2)
+    get("e1").make_config("quick", {"dtype": "float32", "epsilon_values": [2e-6]})  # above it
+
+
+MLP_CG = {"model": "mlp", "mlp_hidden": [8], "n_samples": 200, "n_seeds": 1,
+          "epsilon_values": [1e-4, 1e-3], "solver": "cg", "damping": 1e-4,
+          "cg_tol": 1e-8}  # fmt: skip
+
+
+def test_an_unconverged_cg_solve_fails_a_gate_unless_inexact_ok(tmp_path, fake_context):
+    capped = get("e1").make_config("quick", {**MLP_CG, "cg_max_iterations": 3})
+    (tmp_path / "a").mkdir()
+    result = e1_pareto.run(capped, fake_context(tmp_path / "a"))
+    gate = next(g for g in result.gates if g.name == "cg_converged")
+    raw = pd.read_csv(tmp_path / "a" / "E1_results_raw.csv")
+    residual = raw.loc[raw["method"] == "natgrad", "relative_residual"].max()
+    label = f"CG, 3 iterations, residual {residual:.2g}"
+    assert residual > 1e-3 and not gate.passed and not result.gates_passed
+    assert label in gate.message and "inexact_ok" in gate.message
+    assert result.summary["natgrad_solve"] == label and result.headline["natgrad_solve"] == label
+    assert not raw.loc[raw["method"] == "natgrad", "solve_converged"].any()
+
+    accepted = capped.model_copy(update={"inexact_ok": True})
+    (tmp_path / "b").mkdir()
+    result = e1_pareto.run(accepted, fake_context(tmp_path / "b"))
+    gate = next(g for g in result.gates if g.name == "cg_converged")
+    assert gate.passed and gate.message.startswith("PASS (inexact_ok)") and result.gates_passed
+    assert result.headline["natgrad_solve"] == label
+    assert (tmp_path / "b" / "E1_figure.png").stat().st_size > 0
+
+    converged = get("e1").make_config("quick", MLP_CG)
+    (tmp_path / "c").mkdir()
+    result = e1_pareto.run(converged, fake_context(tmp_path / "c"))
+    gate = next(g for g in result.gates if g.name == "cg_converged")
+    assert gate.passed and gate.details["max_relative_residual"] <= 1e-7
+    assert "natgrad_solve" not in result.headline and result.summary["natgrad_solve_converged"]
+
+
+def test_mnist_cnn_preset_accepts_its_capped_cg_and_says_so():
+    preset = get("e1").make_config("mnist-cnn")
+    assert preset.cg_max_iterations == 10 and preset.inexact_ok
+
+
+def test_no_figure_message_says_why_when_every_step_left_the_band(tmp_path, fake_context, caplog):
+    config = get("e1").make_config("quick", {"n_samples": 200, "n_seeds": 1,
+                                             "epsilon_values": [1e300]})  # fmt: skip
+    with caplog.at_level("ERROR"):
+        e1_pareto.run(config, fake_context(tmp_path))
+    assert not (tmp_path / "E1_figure.png").exists()
+    text = caplog.text
+    assert "outside the KL band" in text and "figure not drawn" in text
+    assert "non-finite results: PASS" not in text
+
+
+class TinyEncoderClassifier(torch.nn.Module):
+    """nn.TransformerEncoder (fast path in eval mode) on the 16 synthetic features as 4 tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(4, 8)
+        layer = torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x.reshape(-1, 4, 4))).mean(1))
+
+
+def tiny_transformer():
+    return TinyEncoderClassifier()
+
+
+def tiny_transformer_linear_layers_only():
+    """K-FAC on the transformer: freeze what is not nn.Linear (attention in-projection, norms)."""
+    from geomlab.geometry.curvature import kfac_ineligible_parameters
+
+    model = TinyEncoderClassifier()
+    frozen = set(kfac_ineligible_parameters(model))  # attention (out_proj too), LayerNorms
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in frozen)
+    return model
+
+
+TRANSFORMER = {"model": f"{__name__}:tiny_transformer", "n_samples": 60, "n_seeds": 1,
+               "epsilon_values": [1e-7, 1e-3]}  # fmt: skip
+
+
+@pytest.mark.parametrize("solver", ["dense", "cg"])
+def test_e1_on_a_user_transformer_encoder(tmp_path, fake_context, solver):
+    config = get("e1").make_config("quick", {**TRANSFORMER, "solver": solver, "damping": 1e-3})
+    result = e1_pareto.run(config, fake_context(tmp_path))
+    raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
+    assert result.gates_passed and set(raw["method"]) == {"sgd", "natgrad"}
+    smallest = raw[raw["epsilon"] == 1e-7]
+    assert ((smallest["kl_ratio"] - 1).abs() < 1e-2).all()
+    assert raw["solve_converged"].all()
+
+
+def test_e1_kfac_on_a_transformer_is_refused_before_work_and_runs_frozen(tmp_path, fake_context):
+    from geomlab.geometry.curvature import UnsupportedShapeError
+
+    methods = {"methods": ["sgd", "natgrad", "kfac"], "solver": "cg", "damping": 1e-3}
+    config = get("e1").make_config("quick", {**TRANSFORMER, **methods})
+    with pytest.raises(UnsupportedShapeError, match=r"self_attn\.in_proj_weight.*requires_grad_"):
+        e1_pareto.run(config, fake_context(tmp_path))
+    assert not (tmp_path / "E1_results_raw.csv").exists()
+    frozen = config.model_copy(update={"model": f"{__name__}:tiny_transformer_linear_layers_only"})
+    result = e1_pareto.run(frozen, fake_context(tmp_path))
+    raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
+    assert result.gates_passed and set(raw["method"]) == {"sgd", "natgrad", "kfac"}
+    assert ((raw[raw["epsilon"] == 1e-7]["kl_ratio"] - 1).abs() < 1e-2).all()
+
+
+def test_a_non_positive_measured_kl_is_counted_as_unresolved_not_as_a_runaway():
+    config = get("e1").make_config("quick", {"dtype": "float32"})
+    raw = pd.DataFrame({"seed": [0, 0, 0], "epsilon": [1e-5, 1e-5, 1e-1],
+                        "method": ["sgd", "natgrad", "natgrad"], "loss_before": 1.0,
+                        "loss_after": 0.9, "delta_loss": 0.1, "kl_step": [1e-5, -2e-8, 0.5],
+                        "kl_ratio": [1.0, -2e-3, 5.0], "eta": 1.0})  # fmt: skip
+    gate, ok = e1_pareto.kl_runaway_gate(raw, config)
+    assert not gate.passed and ok.tolist() == [True, False, False]
+    assert gate.details["n_unresolved_kl"] == 1 and gate.details["n_runaway"] == 1
+    assert "1 of them measured KL <= 0: below the dtype's resolution, not a runaway" in gate.message

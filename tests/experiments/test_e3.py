@@ -127,3 +127,100 @@ def test_cg_solver_and_user_regression_data(tmp_path, fake_context, monkeypatch)
     sgd = results[results["method"] == "sgd"].iloc[0]
     assert ng["rel_diff"] < 1e-4 < sgd["rel_diff"]
     assert result.summary["gate_c_pass_rate"] == 1.0
+
+
+# --- Rank, cutoff and dropped share; attention models --------------------------------------
+
+
+def test_paper_path_reports_rank_cutoff_and_dropped_share(tmp_path, fake_context):
+    from geomlab.experiments.e3_invariance import run
+
+    config = get("e3").make_config("quick", {"n_samples": 200, "n_seeds": 1})
+    result = run(config, fake_context(tmp_path))
+    results = pd.read_csv(tmp_path / "E3_results.csv")
+    ng = results[results["method"] == "natgrad"]
+    sgd = results[results["method"] == "sgd"]
+    # Bias-free softmax regression: F has the D = 16 class-uniform directions as null space,
+    # all below round-off, so the cutoff drops exactly those and nothing the Fisher has.
+    assert (ng["rank"] == 160 - 16).all() and (ng["dropped_directions"] == 16).all()
+    assert (ng["dropped_above_floor"] == 0).all() and (ng["dropped_share"] < 1e-20).all()
+    assert (ng["cutoff"] > 0).all() and (sgd["rank"] == -1).all() and sgd["cutoff"].isna().all()
+    assert result.summary["rcond_warnings"] == [] and result.summary["ng_rank_min"] == 144
+
+
+def full_rank_regression():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 4, generator=g, dtype=torch.float64)
+    return x, torch.stack([torch.sin(x[:, 0] * x[:, 1]), x[:, 2] ** 2 - 1], 1)
+
+
+def test_rcond_dropping_directions_of_a_full_rank_fisher_warns(tmp_path, fake_context, caplog):
+    from geomlab.experiments.e3_invariance import run
+
+    overrides = {"model": "mlp", "mlp_hidden": [8], "data": f"{__name__}:full_rank_regression",
+                 "n_samples": 80, "n_seeds": 1, "kappa_values": [1, 1000],
+                 "scalings": ["two_block"]}  # fmt: skip
+    (tmp_path / "a").mkdir()
+    with caplog.at_level("WARNING"):
+        result = run(get("e3").make_config("quick", overrides), fake_context(tmp_path / "a"))
+    ng = pd.read_csv(tmp_path / "a" / "E3_results.csv").query("method == 'natgrad'").iloc[0]
+    assert ng["dropped_above_floor"] > 0 and ng["rank"] < 4 * 8 + 8 + 9 * 2
+    assert ng["rel_diff"] > 0.1  # 1.03: reported non-invariant, the cutoff.s doing
+    [warning] = result.summary["rcond_warnings"]
+    assert "rcond=1e-08 dropped" in warning and "above its round-off floor" in warning
+    assert warning in caplog.text
+
+    (tmp_path / "b").mkdir()
+    exact = get("e3").make_config("quick", {**overrides, "rcond": 0.0})
+    result = run(exact, fake_context(tmp_path / "b"))
+    ng = pd.read_csv(tmp_path / "b" / "E3_results.csv").query("method == 'natgrad'").iloc[0]
+    assert ng["rank"] == 58 and ng["dropped_directions"] == 0
+    assert ng["rel_diff"] < 1e-4 and ng["logit_diff"] < 1e-6  # 8.5e-6, 4.1e-8 at kappa 1000
+    assert result.summary["rcond_warnings"] == []
+
+
+class HFStyleOutput:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class ClsTokenTransformer(torch_nn_module := __import__("torch").nn.Module):
+    """Learned CLS token cat'ed before 4 projected tokens, nn.TransformerEncoder, HF-style
+    output."""
+
+    def __init__(self):
+        import torch
+        from torch import nn
+
+        super().__init__()
+        self.cls = nn.Parameter(0.1 * torch.randn(1, 1, 8))
+        self.proj = nn.Linear(4, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        import torch
+
+        tokens = self.proj(x.reshape(-1, 4, 4))
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        return HFStyleOutput(self.head(self.encoder(tokens)[:, 0]))
+
+
+def test_e3_on_a_cls_token_transformer_with_hf_style_output(tmp_path, fake_context):
+    from geomlab.experiments.e3_invariance import run
+
+    overrides = {"model": f"{__name__}:ClsTokenTransformer", "n_samples": 40, "n_seeds": 1,
+                 "kappa_values": [1, 100], "scalings": ["log_uniform"]}  # fmt: skip
+    result = run(get("e3").make_config("quick", overrides), fake_context(tmp_path))
+    results = pd.read_csv(tmp_path / "E3_results.csv")
+    ng = results[results["method"] == "natgrad"].iloc[0]
+    sgd = results[results["method"] == "sgd"].iloc[0]
+    assert result.summary["gate_c_pass_rate"] == 1.0 and result.summary["results_finite"]
+    assert sgd["logit_diff"] > 1e-4
+    # 40 samples x 9 softmax directions bound the rank; the Fisher's small but real eigenvalues
+    # below rcond * max are dropped, and the run says so rather than calling NG non-invariant.
+    assert 0 < ng["rank"] <= 40 * 9 and ng["dropped_above_floor"] > 0
+    assert "above its round-off floor" in result.summary["rcond_warnings"][0]

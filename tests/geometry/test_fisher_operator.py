@@ -45,7 +45,97 @@ def _gelu_regressor():
     return model, (x, y), cv.LossKind.MSE
 
 
-CASES = {"mlp": _mlp_classifier, "cnn_bn": _cnn_with_eval_batchnorm, "gelu": _gelu_regressor}
+class TinyTransformer(nn.Module):
+    """PyTorch's own nn.TransformerEncoder (fast path in eval mode) on 4 tokens of 4 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.1,
+                                           batch_first=True)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x.reshape(-1, 4, 4))).mean(1))
+
+
+class ClsTokenModel(nn.Module):
+    """A learned CLS token (an nn.Parameter torch.cat'ed before the projected inputs), one
+    nn.MultiheadAttention, LayerNorm, and a head reading the CLS position."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, 6) * 0.5)
+        self.proj = nn.Linear(4, 6)
+        self.attention = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        tokens = self.proj(x.reshape(-1, 4, 4))
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        mixed, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return self.head(self.norm(tokens + mixed)[:, 0])
+
+
+class HFStyleOutput:
+    """What a Hugging Face model returns: an object carrying ``.logits``."""
+
+    def __init__(self, logits):
+        self.logits = logits
+        self.hidden_states = None
+
+
+class SdpaClassifier(nn.Module):
+    """HF-style: attention through F.scaled_dot_product_attention, output an object."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x.reshape(-1, 4, 4)).chunk(3, dim=-1)
+        mixed = nn.functional.scaled_dot_product_attention(q, k, v)
+        return HFStyleOutput(self.head(torch.tanh(mixed).mean(1)))
+
+
+def _sequence_data(model, seed, n=14, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, dtype=torch.float64, generator=g)
+    return model.double().eval(), (x, torch.randint(0, classes, (n,), generator=g))
+
+
+def _transformer():
+    torch.manual_seed(6)
+    model, data = _sequence_data(TinyTransformer(), 7)
+    return model, data, cv.LossKind.CROSS_ENTROPY
+
+
+def _cls_token():
+    torch.manual_seed(8)
+    model, data = _sequence_data(ClsTokenModel(), 9)
+    return model, data, cv.LossKind.CROSS_ENTROPY
+
+
+def _hf_sdpa():
+    torch.manual_seed(10)
+    model, data = _sequence_data(SdpaClassifier(), 11)
+    return model, data, cv.LossKind.CROSS_ENTROPY
+
+
+def _layernorm_mlp():
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.SiLU(), nn.Linear(6, 3)).double()
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(20, 4, dtype=torch.float64, generator=g)
+    return model, (x, torch.randint(0, 3, (20,), generator=g)), cv.LossKind.CROSS_ENTROPY
+
+
+CASES = {"mlp": _mlp_classifier, "cnn_bn": _cnn_with_eval_batchnorm, "gelu": _gelu_regressor,
+         "transformer": _transformer, "cls_token": _cls_token, "hf_sdpa": _hf_sdpa,
+         "layernorm": _layernorm_mlp}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -200,3 +290,204 @@ def test_model_steps_of_softmax_regression_equal_the_fast_path():
         for column in ("loss_before", "loss_after", "eta", "kl_step", "direction_norm"):
             assert b[column] == pytest.approx(a[column], rel=1e-6), column
     assert [p.detach() for p in linear.parameters()][0].equal(weight)  # model left untouched
+
+
+# --- Attention models, HF-style outputs, self-check, honest solves, progress -----------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_torch_func_product_reference_matches_dense_reference(case):
+    model, (x, y), loss = CASES[case]()
+    vectors = torch.randn(sum(p.numel() for p in model.parameters()), 2, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(1))  # fmt: skip
+    from geomlab.models.modes import eval_mode
+
+    with eval_mode(model):
+        reference = cv.dense_fisher_reference(model, (x, y), loss=loss)
+        product = cv.fisher_product_reference(model, x, vectors, loss=loss)
+    scale = reference.abs().max() * vectors.abs().max()
+    torch.testing.assert_close(product, reference @ vectors, rtol=0, atol=1e-12 * scale)
+
+
+def test_self_check_runs_once_per_model_and_again_for_new_parameters():
+    model, data, loss = _transformer()
+    first = cv.fisher_self_check(model, data, loss=loss)
+    assert first is not None and first < 1e-12
+    assert cv.fisher_self_check(model, data, loss=loss) is None  # cached: nothing recomputed
+    model.head.weight = nn.Parameter(model.head.weight.detach().clone())  # new parameter object
+    assert cv.fisher_self_check(model, data, loss=loss) is not None
+
+
+def test_self_check_mismatch_raises_naming_the_model(monkeypatch):
+    model, data, loss = _cls_token()
+    real = cv.fisher_product_reference
+    monkeypatch.setattr(cv, "fisher_product_reference", lambda *a, **k: 1.5 * real(*a, **k))
+    with pytest.raises(cv.FisherSelfCheckError, match="ClsTokenModel.*differs"):
+        cv.FisherOperator(model, data, loss=loss)
+    cv.FisherOperator(model, data, loss=loss, self_check=False)  # the flag turns it off
+
+
+def test_self_check_refuses_a_random_forward():
+    # Dropout left in training mode: F of a random function is undefined; curvlinops' and the
+    # reference's forwards draw different masks.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 3)).double().train()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with pytest.raises(cv.FisherSelfCheckError, match="Sequential"):
+        cv.FisherOperator(model, (x, torch.zeros(8, dtype=torch.long)), loss="cross_entropy")
+
+
+@pytest.mark.parametrize("case", ["transformer", "cls_token", "hf_sdpa"])
+def test_kl_matched_steps_on_attention_models_match_an_independent_recomputation(case):
+    from torch.func import functional_call
+
+    from geomlab.geometry.attention import math_attention
+    from geomlab.geometry.outputs import as_logits
+
+    model, (x, y), loss = CASES[case]()
+    eps = torch.tensor([1e-4, 1e-2], dtype=torch.float64)
+    pair = ng.model_kl_matched_steps(model, (x, y), eps, loss=loss, solver="dense", rcond=1e-10)
+    # Independent: dense float64 F by jacrev, own pseudo-inverse, step size, forward, KL.
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with math_attention():
+
+        def logits(values):
+            return as_logits(functional_call(model, values, (x,)))
+
+        def total_loss(*values):
+            out = logits(dict(zip(params, values, strict=True)))
+            return nn.functional.cross_entropy(out, y)
+
+        grads = torch.func.grad(total_loss, argnums=tuple(range(len(params))))(*params.values())
+        g = torch.cat([t.reshape(-1) for t in grads])
+        fisher = cv.dense_fisher_reference(model, (x, y), loss=loss)
+        v = torch.linalg.pinv(fisher, hermitian=True, rtol=1e-10) @ g
+        before = logits(params)
+        rows = [r for r in pair.records() if r["method"] == "natgrad"]
+        for row, target in zip(rows, eps.tolist(), strict=True):
+            eta = (2 * target / (v @ fisher @ v)).sqrt()
+            theta = torch.cat([t.reshape(-1) for t in params.values()]) - eta * v
+            after = logits(cv.unflatten(theta, params))
+            kl = ng.categorical_kl(before, after)
+            assert row["eta"] == pytest.approx(float(eta), rel=1e-9)
+            assert row["kl_step"] == pytest.approx(float(kl), rel=1e-7)
+            assert row["loss_after"] == pytest.approx(
+                float(nn.functional.cross_entropy(after, y)), rel=1e-9
+            )
+    assert len(rows) == 2
+
+
+def test_outputs_that_are_not_tensors_or_logits_are_refused_by_name():
+    from geomlab.geometry.outputs import ModelOutputError
+
+    class TupleModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 3).double()
+
+        def forward(self, x):
+            return self.linear(x), x
+
+    x = torch.randn(6, 4, dtype=torch.float64)
+    data = (x, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ModelOutputError, match="returned a tuple"):
+        cv.FisherOperator(TupleModel(), data, loss="cross_entropy")
+    with pytest.raises(ModelOutputError, match="returned a tuple"):
+        ng.model_kl_matched_steps(TupleModel(), data, torch.tensor([1e-3]), loss="cross_entropy")
+
+
+def test_nan_outputs_are_named_not_called_non_positive_curvature():
+    model, data, loss = _mlp_classifier()
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(cv.NonFiniteOutputError, match=r"outputs of model Sequential are not fin"):
+        ng.model_kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss)
+    with pytest.raises(cv.NonFiniteOutputError, match="not finite"):
+        ng.step_size_for_kl(torch.tensor(float("nan")), 1e-3)
+
+
+def test_kfac_eligibility_is_checked_before_any_work_and_freezing_works(monkeypatch):
+    model, data, loss = _layernorm_mlp()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the K-FAC eligibility check")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ng, "FisherOperator", no_work)
+        patch.setattr(ng, "loss_and_gradient", no_work)
+        for methods in (["sgd", "natgrad", "kfac"], ["ekfac"]):
+            with pytest.raises(cv.UnsupportedShapeError, match=r"1\.weight, 1\.bias.*"
+                               r"requires_grad_\(False\)"):  # fmt: skip
+                ng.model_kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss,
+                                          methods=methods, solver="cg")  # fmt: skip
+    for p in model[1].parameters():
+        p.requires_grad_(False)
+    assert cv.kfac_ineligible_parameters(model) == []
+    pair = ng.model_kl_matched_steps(model, data, torch.tensor([1e-6]), loss=loss,
+                                     methods=["kfac", "natgrad"], solver="cg", damping=1e-3,
+                                     kfac_damping=1e-2)  # fmt: skip
+    assert pair.gradient.numel() == 4 * 6 + 6 + 6 * 3 + 3  # LayerNorm's 12 left out
+    for row in pair.records():
+        assert abs(row["kl_ratio"] - 1) < 1e-2
+    # The frozen model's K-FAC direction is curvlinops' K-FAC of the remaining layers.
+    operator = cv.FisherOperator(model, data, loss=loss)
+    dense_kfac = operator.kfac() @ torch.eye(operator.dim, dtype=torch.float64)
+    expected = torch.linalg.solve(dense_kfac + 1e-2 * torch.eye(operator.dim).double(),
+                                  pair.gradient)  # fmt: skip
+    result = ng.natural_gradient(operator, pair.gradient, solver="kfac", damping=1e-2,
+                                 kfac_exact_damping=True)  # fmt: skip
+    torch.testing.assert_close(result.direction, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_progress_reports_cg_iterations_with_residuals_and_dense_columns():
+    model, data, loss = _transformer()
+    operator = cv.FisherOperator(model, data, loss=loss)
+    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    seen = []
+    cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
+                             progress=lambda *event: seen.append(event))  # fmt: skip
+    assert [e[1] for e in seen] == list(range(1, cg.cg_iterations + 1))
+    assert {e[0] for e in seen} == {"CG"} and {e[2] for e in seen} == {10 * operator.dim}
+    residuals = [float(e[3].removeprefix("residual ")) for e in seen]
+    assert residuals[-1] <= 1e-8 < residuals[0]
+    seen.clear()
+    ng.natural_gradient(operator, gradient, solver="dense", progress=lambda *e: seen.append(e))
+    assert seen[-1] == ("Fisher columns", operator.dim, operator.dim, "")
+    assert [e[1] for e in seen] == [min(256 * k, operator.dim) for k in range(1, len(seen) + 1)]
+
+
+def test_an_unconverged_cg_solve_says_so():
+    model, data, loss = _mlp_classifier()
+    operator = cv.FisherOperator(model, data, loss=loss)
+    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    capped = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
+                                 cg_max_iterations=2)  # fmt: skip
+    assert capped.cg_iterations == 2 and not capped.converged and capped.tolerance == 1e-8
+    assert capped.relative_residual > 1e-3
+    assert capped.label() == f"CG, 2 iterations, residual {capped.relative_residual:.2g}"
+    full = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8)
+    assert full.converged and full.relative_residual <= ng.CG_RESIDUAL_SLACK * 1e-8
+    dense = ng.natural_gradient(operator, gradient, solver="dense")
+    assert dense.converged and dense.label() == "dense"
+
+
+def test_kfac_eligibility_leaves_out_attention_projections_it_cannot_hook():
+    # nn.MultiheadAttention uses out_proj.weight directly (never calls the nn.Linear), so K-FAC
+    # would see no inputs for it: refused by name instead of curvlinops' KeyError.
+    model, _, _ = _cls_token()
+    ineligible = cv.kfac_ineligible_parameters(model)
+    assert ineligible == ["cls", "attention.in_proj_weight", "attention.in_proj_bias",
+                          "attention.out_proj.weight", "attention.out_proj.bias",
+                          "norm.weight", "norm.bias"]  # fmt: skip
+    with pytest.raises(cv.UnsupportedShapeError, match="out_proj.*requires_grad_"):
+        cv.check_kfac_eligible(model)
+
+
+def test_progress_brackets_the_kfac_factors():
+    model, data, loss = _mlp_classifier()
+    operator = cv.FisherOperator(model, data, loss=loss)
+    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    seen = []
+    ng.natural_gradient(operator, gradient, solver="ekfac", damping=1e-2,
+                        progress=lambda *e: seen.append(e[:3]))  # fmt: skip
+    assert seen == [("ekfac factors", 0, 1), ("ekfac factors", 1, 1)]

@@ -194,3 +194,37 @@ def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
     assert results[0.0].rel_diff < 1e-6  # F invertible: (S F S)^-1 maps back to F^-1
     assert results[1e-2].rel_diff > 1e-3  # lambda I in phi is lambda S^-2 in theta
     assert results[1e-2].logit_diff > 1e3 * results[0.0].logit_diff
+
+
+def test_solve_cutoff_counts_what_rcond_dropped_against_the_round_off_floor():
+    from geomlab.geometry.natural_gradient import symmetric_pseudo_inverse
+
+    # Hand-derived: eigenvalues 1, 1e-3, 1e-10, 0 under rcond 1e-8: cutoff 1e-8 keeps two;
+    # of the two dropped only 1e-10 is above the floor 4 eps(float64) * 1 = 8.9e-16.
+    generator = torch.Generator().manual_seed(0)
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=generator))
+    w = torch.tensor([1.0, 1e-3, 1e-10, 0.0], dtype=torch.float64)
+    matrix = rotation @ torch.diag(w) @ rotation.T
+    rhs = rotation @ torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    cutoff = reparam.solve_cutoff(symmetric_pseudo_inverse(matrix, rcond=1e-8), rhs)
+    assert cutoff.rank == 2 and cutoff.dropped == 2 and cutoff.dropped_above_floor == 1
+    assert cutoff.cutoff == pytest.approx(1e-8, rel=1e-12)
+    assert cutoff.round_off_floor == pytest.approx(4 * torch.finfo(torch.float64).eps, rel=1e-12)
+    assert cutoff.dropped_share == pytest.approx(0.5, rel=1e-9)
+    kept_all = reparam.solve_cutoff(symmetric_pseudo_inverse(matrix, rcond=1e-12), rhs)
+    assert kept_all.dropped_above_floor == 0 and kept_all.rank == 3
+
+
+def test_rescaled_step_with_cutoff_is_rescaled_step_plus_diagnostics():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 6, dtype=torch.float64, generator=g)
+    fisher, gradient = a @ a.T, torch.randn(6, dtype=torch.float64, generator=g)
+    scale = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    for method in ("sgd", "natgrad"):
+        delta, fisher_phi = reparam.rescaled_step(gradient, fisher, scale, method=method,
+                                                  eta=1e-2, rcond=1e-8)  # fmt: skip
+        same, same_phi, cutoff = reparam.rescaled_step_with_cutoff(
+            gradient, fisher, scale, method=method, eta=1e-2, rcond=1e-8
+        )
+        assert torch.equal(delta, same) and torch.equal(fisher_phi, same_phi)
+        assert cutoff.rank == (6 if method == "natgrad" else -1)

@@ -17,16 +17,20 @@ from geomlab.experiments.softmax_common import (
     build_model,
     load_cluster_data,
     load_data,
+    progress_logger,
 )
 from geomlab.geometry import reparam
+from geomlab.geometry.attention import math_attention
 from geomlab.geometry.curvature import (
     FisherOperator,
     as_batches,
+    check_finite,
     flatten,
     loss_and_gradient,
     model_outputs,
     psd_tolerance,
     softmax_regression_fisher,
+    trainable_parameters,
     unflatten,
 )
 from geomlab.geometry.gates import GateResult, finite_gate, psd_gate
@@ -76,7 +80,34 @@ PRESETS: dict[str, dict[str, Any]] = {
 RESULT_COLUMNS = [
     "seed", "scaling", "kappa", "method", "max_diff", "rel_diff", "logit_diff",
     "logit_diff_raw", "kl_between_steps", "step_norm",
+    # the NG solve's pseudo-inverse in these coordinates (NaN / -1 for SGD and CG):
+    "rank", "cutoff", "dropped_directions", "dropped_above_floor", "dropped_share",
 ]  # fmt: skip
+
+
+def cutoff_columns(cutoff: reparam.SolveCutoff) -> dict[str, Any]:
+    """The E3 table's pseudo-inverse columns of a :class:`reparam.SolveCutoff`."""
+    return {"rank": cutoff.rank, "cutoff": cutoff.cutoff, "dropped_directions": cutoff.dropped,
+            "dropped_above_floor": cutoff.dropped_above_floor,
+            "dropped_share": cutoff.dropped_share}  # fmt: skip
+
+
+def cutoff_warning(seed: int, config: Config, cutoffs: list[reparam.SolveCutoff]) -> list[str]:
+    """A warning when ``rcond`` dropped eigenvalues above the round-off floor (real curvature
+    of the Fisher, e.g. of a full-rank one): those NG discrepancies then measure the cutoff,
+    not the invariance."""
+    lost = [c for c in cutoffs if c.dropped_above_floor > 0]
+    if not lost:
+        return []
+    worst = max(lost, key=lambda c: c.dropped_above_floor)
+    return [
+        f"seed {seed}: rcond={config.rcond:g} dropped up to {worst.dropped_above_floor} "
+        f"eigenvalues of the Fisher above its round-off floor (P eps max|w| = "
+        f"{worst.round_off_floor:.3g}; cutoff {worst.cutoff:.3g}) in {len(lost)} of "
+        f"{len(cutoffs)} NG solves, carrying up to {max(c.dropped_share for c in lost):.3g} of "
+        "the gradient: NG's discrepancy there measures the cutoff, not invariance (a smaller "
+        "rcond, e.g. 0 for a full-rank Fisher, keeps them)"
+    ]
 
 
 def scale_vector(
@@ -107,10 +138,12 @@ def invariance_for_seed(
     logits_start = model.logits(weight, inputs)
     step_args = {"eta": config.eta, "rcond": config.rcond}
     identity = torch.ones_like(theta)
-    reference = {
-        m: reparam.rescaled_step(gradient, fisher, identity, method=m, **step_args)[0]
-        for m in METHODS
-    }
+    reference, cutoffs = {}, []
+    for m in METHODS:
+        reference[m], _, cutoff = reparam.rescaled_step_with_cutoff(
+            gradient, fisher, identity, method=m, **step_args
+        )
+        cutoffs += [cutoff] if m is StepMethod.NATGRAD else []
     rows = []
     for scaling in config.scalings:
         gate_c_worst = 0.0
@@ -127,7 +160,7 @@ def invariance_for_seed(
             if kappa == 1.0:
                 continue
             for method in METHODS:
-                delta, _ = reparam.rescaled_step(
+                delta, _, cutoff = reparam.rescaled_step_with_cutoff(
                     gradient, fisher, scale, method=method, **step_args
                 )
                 discrepancy = reparam.softmax_regression_step_discrepancy(
@@ -135,39 +168,54 @@ def invariance_for_seed(
                     logits_start=logits_start,
                 )  # fmt: skip
                 rows.append({"seed": seed, "scaling": scaling, "kappa": kappa,
-                             "method": method.value, **asdict(discrepancy)})  # fmt: skip
+                             "method": method.value, **asdict(discrepancy),
+                             **cutoff_columns(cutoff)})  # fmt: skip
+                cutoffs += [cutoff] if method is StepMethod.NATGRAD else []
         gates.append(reparam.gate_c_equivalence(gate_c_worst, tol=config.gate_c_tol,
                                                 scope=f"seed={seed} {scaling}"))  # fmt: skip
-    return {"rows": rows, "gates": [asdict(g) for g in gates]}
+    return {"rows": rows, "gates": [asdict(g) for g in gates],
+            "cutoffs": [asdict(c) for c in cutoffs],
+            "warnings": cutoff_warning(seed, config, cutoffs)}  # fmt: skip
 
 
-def invariance_any_model(config: Config, seed: int, data: LoadedData) -> dict[str, Any]:
+def invariance_any_model(
+    config: Config, seed: int, data: LoadedData, progress=None
+) -> dict[str, Any]:
     """All (scaling, kappa, method) discrepancies of one seed for the configured model and data
-    (generic Fisher operator, outputs through functional_call), plus its gates."""
+    (generic Fisher operator, outputs through functional_call), plus its gates. Runs inside
+    ``math_attention`` (attention models); outputs may be HF-style (``.logits``)."""
     network = build_model(config, seed, data)
     batches = as_batches((data.inputs, data.targets), batch_size=config.batch_size)
     gates: list[GateResult] = []
-    with eval_mode(network):
-        fisher = FisherOperator(network, batches, loss=data.loss)
-        params = {n: p.detach() for n, p in fisher.parameters.items()}
+    with eval_mode(network), math_attention():
+        params = {n: p.detach() for n, p in trainable_parameters(network).items()}
+        outputs_start = model_outputs(network, params, batches)
+        check_finite(outputs_start, what=f"the outputs of model {type(network).__name__}")
+        fisher = FisherOperator(network, batches, loss=data.loss,
+                                self_check=config.fisher_self_check)  # fmt: skip
         theta = flatten(params.values())
         _, gradient = loss_and_gradient(network, batches, loss=data.loss)
-        outputs_start = model_outputs(network, params, batches)
-        dense = fisher.dense() if config.solver == "dense" else None
+        check_finite(gradient, what=f"the loss gradient of model {type(network).__name__}")
+        dense = fisher.dense(progress=progress) if config.solver == "dense" else None
         rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype,
                                 size=len(theta), default=1e-8)  # fmt: skip
         if dense is not None:
             gates.append(psd_gate(dense, name="gate_a_fisher_psd", scope=f"seed={seed} F_theta",
                                   rel_tol=rel_tol))  # fmt: skip
 
-        def step(scale: torch.Tensor, method: StepMethod) -> torch.Tensor:
-            return reparam.rescaled_model_step(
+        cutoffs: list[reparam.SolveCutoff] = []
+
+        def step(scale: torch.Tensor, method: StepMethod):
+            delta, cutoff = reparam.rescaled_model_step_with_cutoff(
                 fisher, gradient, scale, method=method, eta=config.eta, solver=config.solver,
                 damping=config.damping, rcond=config.rcond, cg_tol=config.cg_tol,
                 fisher_matrix=dense,
             )  # fmt: skip
+            if method is StepMethod.NATGRAD and cutoff.rank >= 0:
+                cutoffs.append(cutoff)
+            return delta, cutoff
 
-        reference = {m: step(torch.ones_like(theta), m) for m in METHODS}
+        reference = {m: step(torch.ones_like(theta), m)[0] for m in METHODS}
         rows = []
         for scaling in config.scalings:
             gate_c_worst = 0.0
@@ -192,15 +240,19 @@ def invariance_any_model(config: Config, seed: int, data: LoadedData) -> dict[st
                 if kappa == 1.0:
                     continue
                 for method in METHODS:
+                    delta, cutoff = step(scale, method)
                     discrepancy = reparam.model_step_discrepancy(
-                        network, params, step(scale, method), reference[method], batches,
+                        network, params, delta, reference[method], batches,
                         loss=data.loss, outputs_start=outputs_start,
                     )  # fmt: skip
                     rows.append({"seed": seed, "scaling": scaling, "kappa": kappa,
-                                 "method": method.value, **asdict(discrepancy)})  # fmt: skip
+                                 "method": method.value, **asdict(discrepancy),
+                                 **cutoff_columns(cutoff)})  # fmt: skip
             gates.append(reparam.gate_c_equivalence(gate_c_worst, tol=config.gate_c_tol,
                                                     scope=f"seed={seed} {scaling}"))  # fmt: skip
-    return {"rows": rows, "gates": [asdict(g) for g in gates]}
+    return {"rows": rows, "gates": [asdict(g) for g in gates],
+            "cutoffs": [asdict(c) for c in cutoffs],
+            "warnings": cutoff_warning(seed, config, cutoffs)}  # fmt: skip
 
 
 def summarize(results: pd.DataFrame, config: Config) -> dict[str, Any]:
@@ -242,7 +294,8 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         threads = None
 
         def compute(seed: int) -> dict[str, Any]:
-            return invariance_any_model(config, seed, data)
+            progress = progress_logger(ctx.log, f"seed {seed}:")
+            return invariance_any_model(config, seed, data, progress=progress)
 
     with limited_threads(threads):  # small dense eigensolves: one thread (see geomlab.threads)
         per_seed = [
@@ -251,6 +304,9 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         ]
     results = pd.DataFrame([r for item in per_seed for r in item["rows"]], columns=RESULT_COLUMNS)
     gates = [GateResult(**g) for item in per_seed for g in item["gates"]]
+    warnings = [w for item in per_seed for w in item["warnings"]]
+    for warning in warnings:
+        ctx.log.warning("%s", warning)
     numeric = results[["max_diff", "logit_diff", "kl_between_steps"]].to_numpy()
     finite = finite_gate({"E3 results": torch.tensor(numeric)}, name="finite_results")
     ctx.write_csv("E3_results.csv", results)
@@ -261,6 +317,8 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         "gate_c_pass_rate": _pass_rate(gates, "gate_c_equivalence"),
         "results_finite": finite.passed,
         **(summarize(results, config) if len(results) else {}),
+        **cutoff_summary([c for item in per_seed for c in item["cutoffs"]], config),
+        "rcond_warnings": warnings,
     }
     ctx.write_json("E3_summary.json", summary)
     if finite.passed and len(results):
@@ -273,6 +331,21 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     headline |= {"gate_a_pass_rate": summary["gate_a_pass_rate"],
                  "gate_c_pass_rate": summary["gate_c_pass_rate"]}  # fmt: skip
     return RunResult(summary=summary, gates=[*gates, finite], headline=headline)
+
+
+def cutoff_summary(cutoffs: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """Rank, cutoff and dropped share of every NG pseudo-inverse of the run (empty for CG)."""
+    if not cutoffs:
+        return {"ng_rcond": config.rcond}
+    return {
+        "ng_rcond": config.rcond,
+        "ng_rank_min": min(c["rank"] for c in cutoffs),
+        "ng_rank_max": max(c["rank"] for c in cutoffs),
+        "ng_cutoff_max": max(c["cutoff"] for c in cutoffs),
+        "ng_dropped_directions_max": max(c["dropped"] for c in cutoffs),
+        "ng_dropped_above_floor_max": max(c["dropped_above_floor"] for c in cutoffs),
+        "ng_dropped_share_max": max(c["dropped_share"] for c in cutoffs),
+    }
 
 
 def _pass_rate(gates: list[GateResult], name: str) -> float:

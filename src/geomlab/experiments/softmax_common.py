@@ -6,6 +6,7 @@ The notebooks' setting is bias-free softmax regression on Gaussian clusters; ``m
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from geomlab.data.synthetic import gaussian_clusters
 from geomlab.experiments.base import ExperimentConfig, Seed, SeedList
-from geomlab.geometry.curvature import LossKind
+from geomlab.geometry.curvature import LossKind, ProgressCallback
 from geomlab.models.loading import ImportPathError, is_import_path, resolve_import_path
 from geomlab.models.mlp import Activation
 
@@ -57,6 +58,12 @@ class ClusterSoftmaxConfig(ExperimentConfig):
     mlp_activation: Activation = Field(Activation.TANH, description="nonlinearity of model=mlp")
     batch_size: int = Field(
         1000, ge=1, le=1_000_000, description="samples per batch for Fisher products (memory)"
+    )
+    fisher_self_check: bool = Field(
+        True,
+        description="before trusting curvlinops' Fisher products for a model (not the "
+        "softmax-regression fast path), compare F v on 4 samples in float64 with a torch.func "
+        "reference, once per model; false skips it",
     )
 
     @field_validator("model")
@@ -217,3 +224,25 @@ def load_cluster_data(
         dtype=config.torch_dtype,
     )
     return inputs.to(device), labels.to(device)
+
+
+PROGRESS_INTERVAL_S = 5.0
+
+
+def progress_logger(
+    log, prefix: str, *, interval_s: float = PROGRESS_INTERVAL_S
+) -> ProgressCallback:
+    """A geometry progress callback that logs ``prefix stage done/total, note`` through the run's
+    logger (console and run.log): the first event of each stage, its last (done == total), and
+    at most one line per ``interval_s`` seconds in between."""
+    last: dict[str, float] = {}
+
+    def report(stage: str, done: int, total: int | None, note: str) -> None:
+        now = time.monotonic()
+        final = total is not None and done >= total
+        if stage not in last or final or now - last[stage] >= interval_s:
+            suffix = f", {note}" if note else ""
+            log.info("%s %s: %d/%s%s", prefix, stage, done, total if total else "?", suffix)
+            last[stage] = now
+
+    return report

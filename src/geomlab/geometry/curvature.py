@@ -21,7 +21,8 @@ layout) raise :class:`UnsupportedShapeError` rather than return a matrix of the 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 
 import torch
@@ -29,11 +30,40 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev
 
+from geomlab.geometry.attention import math_attention
+from geomlab.geometry.outputs import TensorOutput, as_logits
+
+ProgressCallback = Callable[[str, int, "int | None", str], None]
+"""``progress(stage, done, total, note)``: called by long geometry passes after each step
+(CG iterations, blocks of dense Fisher columns). Geometry does no I/O; the experiment decides
+what to show (see ``geomlab.experiments.softmax_common.progress_logger``)."""
+
 SAMPLE_CHUNK_ELEMENTS = 1 << 21  # ~16 MB of float64 per chunk of packed x x^T rows
 
 
 class UnsupportedShapeError(ValueError):
     """A fast path was given tensors outside the model family it is exact for."""
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's outputs (or loss, or gradient) are NaN/inf before any step was taken."""
+
+
+class FisherSelfCheckError(RuntimeError):
+    """curvlinops' Fisher-vector products disagree with the independent float64 reference."""
+
+
+def check_finite(tensor: torch.Tensor, *, what: str) -> None:
+    """Raise :class:`NonFiniteOutputError` naming ``what`` and how many entries are NaN/inf."""
+    bad = ~torch.isfinite(tensor)
+    count = int(bad.sum())
+    if count:
+        n_nan = int(torch.isnan(tensor).sum())
+        raise NonFiniteOutputError(
+            f"{what} are not finite: {count} of {tensor.numel()} entries ({n_nan} NaN, "
+            f"{count - n_nan} inf); no Fisher, step or KL of such a model means anything "
+            "(check the model's weights and inputs)"
+        )
 
 
 def _check_softmax_regression(
@@ -321,6 +351,11 @@ def dense_fisher_reference(
         ``(P, P)`` float64 Fisher over :func:`trainable_parameters`.
     """
     loss = LossKind(loss)
+    with math_attention():
+        return _dense_fisher_reference(model, data, loss=loss)
+
+
+def _dense_fisher_reference(model: nn.Module, data, *, loss: LossKind) -> torch.Tensor:
     reference = copy.deepcopy(model).to(torch.float64)
     params = {n: p.detach() for n, p in trainable_parameters(reference).items()}
     names = list(params)
@@ -331,7 +366,9 @@ def dense_fisher_reference(
         x = inputs.to(torch.float64) if inputs.is_floating_point() else inputs
 
         def outputs(*values, x=x):
-            return functional_call(reference, dict(zip(names, values, strict=True)), (x,))
+            return as_logits(
+                functional_call(reference, dict(zip(names, values, strict=True)), (x,))
+            )
 
         f = outputs(*params.values())
         _check_targets(f, targets, loss)
@@ -349,6 +386,148 @@ def dense_fisher_reference(
     return (total + total.T) / 2
 
 
+def kfac_ineligible_parameters(model: nn.Module) -> list[str]:
+    """Names of trainable parameters that are not a weight/bias of an ``nn.Linear`` or
+    ``nn.Conv2d`` (K-FAC has no Kronecker factors for them: LayerNorm, BatchNorm, attention
+    in-projections, embeddings, free ``nn.Parameter`` such as a CLS token). The ``out_proj``
+    of an ``nn.MultiheadAttention`` counts as ineligible too: attention uses its weight
+    directly, never calling it as a module, so K-FAC's hooks would never see its inputs."""
+    inside_attention = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for p in m.parameters()
+    }
+    supported = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+        for p in m.parameters(recurse=False)
+        if id(p) not in inside_attention
+    }
+    return [n for n, p in trainable_parameters(model).items() if id(p) not in supported]
+
+
+def check_kfac_eligible(model: nn.Module, *, method: str = "kfac") -> None:
+    """Raise :class:`UnsupportedShapeError` before any work when K-FAC cannot cover ``model``,
+    naming the parameters and how to freeze them."""
+    others = kfac_ineligible_parameters(model)
+    if others:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        raise UnsupportedShapeError(
+            f"{method}: K-FAC (curvlinops) covers parameters of nn.Linear and nn.Conv2d layers "
+            "called as modules only (not attention's, norms', embeddings' or free ones); not "
+            f"{shown}. Freeze them (param.requires_grad_(False), e.g. in your model factory) to "
+            "take K-FAC steps on the remaining layers, or use natgrad with solver cg/dense"
+        )
+
+
+_SELF_CHECKED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
+SELF_CHECK_RTOL = 1e-8  # float64 products agree to ~1e-14; a wrong path is off by O(1)
+
+
+def _model_signature(model: nn.Module, loss: LossKind) -> tuple:
+    """Structure and parameter identity: what the self-check's verdict depends on."""
+    modules = tuple((n, type(m).__qualname__, m.training) for n, m in model.named_modules())
+    params = tuple((n, id(p), tuple(p.shape), p.requires_grad) for n, p in model.named_parameters())
+    return (loss.value, modules, params)
+
+
+def fisher_product_reference(
+    model: nn.Module, inputs: torch.Tensor, vectors: torch.Tensor, *, loss: LossKind
+) -> torch.Tensor:
+    """Reference for ``F V`` on one batch, independent of curvlinops: per column
+    ``(1/N) J^T H (J v)`` with ``J v`` from ``torch.func.jvp``, the output Hessian ``H`` of
+    :class:`LossKind` applied in closed form, and ``J^T`` from ``torch.func.vjp``.
+
+    Args:
+        model: the network (its own dtype; call on a float64 copy for a reference).
+        inputs: one batch of inputs.
+        vectors: ``(P,)`` or ``(P, k)`` in :func:`trainable_parameters` order.
+        loss: which likelihood.
+
+    Returns:
+        ``F V`` with the shape of ``vectors``.
+    """
+    loss = LossKind(loss)
+    params = {n: p.detach() for n, p in trainable_parameters(model).items()}
+    names = list(params)
+
+    def outputs(*values):
+        return as_logits(functional_call(model, dict(zip(names, values, strict=True)), (inputs,)))
+
+    primals = tuple(params.values())
+    columns = vectors[:, None] if vectors.ndim == 1 else vectors
+    results = []
+    with math_attention():
+        f, vjp_fn = torch.func.vjp(outputs, *primals)
+        for column in columns.T:
+            tangents = tuple(unflatten(column, params).values())
+            _, jv = torch.func.jvp(outputs, primals, tangents)
+            if loss is LossKind.CROSS_ENTROPY:
+                p = torch.softmax(f, dim=1)
+                hjv = p * (jv - (p * jv).sum(1, keepdim=True))
+            else:
+                hjv = jv
+            results.append(flatten(vjp_fn(hjv / f.shape[0])))
+    product = torch.stack(results, dim=1)
+    return product[:, 0] if vectors.ndim == 1 else product
+
+
+def fisher_self_check(
+    model: nn.Module,
+    data: Batch | Sequence[Batch],
+    *,
+    loss: LossKind,
+    n_samples: int = 4,
+    n_vectors: int = 2,
+    rtol: float = SELF_CHECK_RTOL,
+) -> float | None:
+    """Check, once per model, that :class:`FisherOperator`'s products are right for it.
+
+    On a float64 copy of the model (its current train/eval mode) and the first ``n_samples``
+    inputs, ``F V`` for ``n_vectors`` fixed random vectors from curvlinops is compared with
+    :func:`fisher_product_reference`. The verdict is cached per model object, keyed by its
+    structure (module names, types, modes) and parameter identity, so later calls cost nothing.
+    The global random state is left untouched.
+
+    Returns:
+        The relative difference found, or ``None`` when this model was already checked.
+
+    Raises:
+        FisherSelfCheckError: relative difference above ``rtol``, naming the model.
+    """
+    loss = LossKind(loss)
+    signature = _model_signature(model, loss)
+    checked = _SELF_CHECKED.setdefault(model, set())
+    if signature in checked:
+        return None
+    inputs, targets = as_batches(data)[0]
+    inputs, targets = inputs[:n_samples], targets[:n_samples]
+    reference = copy.deepcopy(model).to(torch.float64)
+    x = inputs.to(torch.float64) if inputs.is_floating_point() else inputs
+    y = targets.to(torch.float64) if targets.is_floating_point() else targets
+    operator = FisherOperator(reference, (x, y), loss=loss, self_check=False)
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(operator.dim, n_vectors, dtype=torch.float64, generator=generator)
+    vectors = vectors.to(x.device)
+    fast = operator.matvec(vectors)
+    expected = fisher_product_reference(reference, x, vectors, loss=loss)
+    scale = max(float(expected.abs().max()), 1e-300)
+    difference = float((fast - expected).abs().max()) / scale
+    if not difference <= rtol:
+        raise FisherSelfCheckError(
+            f"Fisher self-check failed for model {type(model).__name__}: curvlinops' F v "
+            f"differs from the torch.func reference by {difference:.3g} (relative, tolerance "
+            f"{rtol:g}) on {x.shape[0]} samples in float64, so its Fisher products cannot be "
+            "trusted (a module that forward-mode AD or curvlinops handles differently, or a "
+            "random forward: call it in eval mode). Turn the check off (fisher_self_check=false "
+            "/ self_check=False) only if you know why"
+        )
+    checked.add(signature)
+    return difference
+
+
 class FisherOperator:
     """The exact Fisher of an ``nn.Module`` as a matrix-free operator (curvlinops' GGN).
 
@@ -364,6 +543,12 @@ class FisherOperator:
         data: ``(inputs, targets)`` or a sequence of batches.
         loss: which likelihood.
         batch_size: cut ``(inputs, targets)`` into batches of this size (memory).
+        self_check: run :func:`fisher_self_check` (once per model, cached) before trusting
+            curvlinops' products for this model.
+
+    Every pass runs inside :func:`~geomlab.geometry.attention.math_attention` (attention
+    models work under forward-mode AD); a model returning a Hugging Face-style output is read
+    through :func:`~geomlab.geometry.outputs.as_logits`.
     """
 
     def __init__(
@@ -373,20 +558,25 @@ class FisherOperator:
         *,
         loss: LossKind,
         batch_size: int | None = None,
+        self_check: bool = True,
     ) -> None:
         self.model = model
         self.loss = LossKind(loss)
         self.batches = as_batches(data, batch_size=batch_size)
-        with torch.no_grad():
-            _check_targets(model(self.batches[0][0][:2]), self.batches[0][1][:2], self.loss)
+        with torch.no_grad(), math_attention():
+            first = as_logits(model(self.batches[0][0][:2]))
+        _check_targets(first, self.batches[0][1][:2], self.loss)
         self.parameters = trainable_parameters(model)
         self.num_data = sum(int(x.shape[0]) for x, _ in self.batches)
         self.dim = sum(p.numel() for p in self.parameters.values())
         self.scale = _ggn_scale(self.loss, self.num_data)
+        if self_check:
+            fisher_self_check(model, self.batches, loss=self.loss)
+        self._network = model if isinstance(model, TensorOutput) else TensorOutput(model)
         from curvlinops import GGNLinearOperator  # imported on use: E1/E3 paper never need it
 
         ggn = GGNLinearOperator(
-            model,
+            self._network,
             _output_hessian_loss(self.loss),
             list(self.parameters.values()),
             self.batches,
@@ -403,12 +593,19 @@ class FisherOperator:
         """``F v`` for a flat ``(P,)`` vector (or ``F M`` for ``(P, k)``)."""
         if vector.shape[0] != self.dim:
             raise ValueError(f"vector has {vector.shape[0]} rows, the Fisher is {self.dim}")
-        return self._operator @ vector
+        with math_attention():
+            return self._operator @ vector
 
-    def dense(self) -> torch.Tensor:
-        """The dense ``(P, P)`` matrix, ``F I`` in column blocks (small P only)."""
+    def dense(self, *, progress: ProgressCallback | None = None) -> torch.Tensor:
+        """The dense ``(P, P)`` matrix, ``F I`` in column blocks (small P only);
+        ``progress("Fisher columns", done, P, "")`` after each block."""
         eye = torch.eye(self.dim, dtype=self.dtype, device=_device(self.parameters))
-        columns = [self.matvec(block) for block in eye.split(256, dim=1)]
+        columns, done = [], 0
+        for block in eye.split(256, dim=1):
+            columns.append(self.matvec(block))
+            done += block.shape[1]
+            if progress is not None:
+                progress("Fisher columns", done, self.dim, "")
         dense = torch.cat(columns, dim=1)
         return (dense + dense.T) / 2
 
@@ -423,31 +620,21 @@ class FisherOperator:
 
     def kfac_unscaled(self, *, eigenvalue_corrected: bool = False):
         """:meth:`kfac` before multiplying by :attr:`scale` (curvlinops' inverse takes this)."""
-        supported = {
-            id(p)
-            for m in self.model.modules()
-            if isinstance(m, nn.Linear | nn.Conv2d)
-            for p in m.parameters(recurse=False)
-        }
-        others = [n for n, p in self.parameters.items() if id(p) not in supported]
-        if others:
-            raise UnsupportedShapeError(
-                "K-FAC (curvlinops) covers nn.Linear and nn.Conv2d parameters only; "
-                f"not {', '.join(others)}"
-            )
+        check_kfac_eligible(self.model, method="ekfac" if eigenvalue_corrected else "kfac")
         from curvlinops import EKFACLinearOperator, FisherType, KFACLinearOperator
 
         cls = EKFACLinearOperator if eigenvalue_corrected else KFACLinearOperator
-        return cls(
-            self.model,
-            _output_hessian_loss(self.loss),
-            list(self.parameters.values()),
-            self.batches,
-            check_deterministic=False,
-            fisher_type=FisherType.TYPE2,
-            separate_weight_and_bias=False,  # one factor per layer: [W b] on inputs [a; 1]
-            num_data=self.num_data,
-        )
+        with math_attention():
+            return cls(
+                self._network,
+                _output_hessian_loss(self.loss),
+                list(self.parameters.values()),
+                self.batches,
+                check_deterministic=False,
+                fisher_type=FisherType.TYPE2,
+                separate_weight_and_bias=False,  # one factor per layer: [W b] on inputs [a; 1]
+                num_data=self.num_data,
+            )
 
 
 def _device(tensors: Mapping[str, torch.Tensor]) -> torch.device:
@@ -461,8 +648,10 @@ def model_outputs(
 ) -> torch.Tensor:
     """The model's outputs on every batch with the given parameters, ``(N, K)``, via
     ``torch.func.functional_call`` (the model's own parameters are left untouched)."""
-    with torch.no_grad():
-        return torch.cat([functional_call(model, dict(parameters), (x,)) for x, _ in batches])
+    with torch.no_grad(), math_attention():
+        return torch.cat(
+            [as_logits(functional_call(model, dict(parameters), (x,))) for x, _ in batches]
+        )
 
 
 def loss_value(outputs: torch.Tensor, targets: torch.Tensor, *, loss: LossKind) -> torch.Tensor:
@@ -483,7 +672,9 @@ def loss_and_gradient(
     total_loss = torch.zeros((), dtype=next(iter(params.values())).dtype)
     gradient = None
     for inputs, targets in batches:
-        value = loss_value(model(inputs), targets, loss=loss) * (inputs.shape[0] / n_total)
+        with math_attention():
+            outputs = as_logits(model(inputs))
+        value = loss_value(outputs, targets, loss=loss) * (inputs.shape[0] / n_total)
         grads = torch.autograd.grad(value, list(params.values()))
         flat = flatten(grads)
         gradient = flat if gradient is None else gradient + flat

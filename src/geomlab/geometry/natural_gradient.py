@@ -20,16 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomlab.geometry import linalg
+from geomlab.geometry.attention import math_attention
 from geomlab.geometry.curvature import (
     Batch,
     FisherOperator,
     LossKind,
+    NonFiniteOutputError,
+    ProgressCallback,
     as_batches,
+    check_finite,
+    check_kfac_eligible,
     flatten,
     loss_and_gradient,
     loss_value,
     model_outputs,
     softmax_regression_fisher,
+    trainable_parameters,
     unflatten,
 )
 from geomlab.models import softmax_regression as sr
@@ -113,6 +119,11 @@ def kl_matched_step_size(
         ValueError: when ``v^T F v <= 0`` (a null-space direction moves no prediction).
     """
     curvature = direction @ (fisher @ direction)
+    if not bool(torch.isfinite(curvature)):
+        raise NonFiniteOutputError(
+            f"the Fisher curvature d^T F d = {float(curvature)} is not finite: the Fisher or the "
+            "direction contains NaN/inf"
+        )
     if float(curvature) <= 0:
         raise ValueError(f"direction has non-positive Fisher curvature d^T F d = {curvature}")
     return torch.sqrt(
@@ -261,6 +272,12 @@ class Solver(StrEnum):
     EKFAC = "ekfac"
 
 
+CG_RESIDUAL_SLACK = 10.0
+"""A CG solve counts as converged when its true relative residual ``||b - A x|| / ||b||`` is at
+most ``CG_RESIDUAL_SLACK * tol``: CG stops on its recurrence residual, which drifts from the
+true one by rounding (the same rule as :attr:`CGResult.converged`)."""
+
+
 @dataclass(frozen=True)
 class CGResult:
     """Solution, iterations used and final relative residual ``||b - A x|| / ||b||``."""
@@ -277,6 +294,7 @@ def conjugate_gradient(
     *,
     tol: float = 1e-6,
     max_iterations: int | None = None,
+    callback: Callable[[int, float], None] | None = None,
 ) -> CGResult:
     """Solve ``A x = b`` for symmetric PSD ``A`` by conjugate gradients from ``x = 0``.
 
@@ -291,6 +309,7 @@ def conjugate_gradient(
         rhs: ``b``, flat.
         tol: relative residual target (> 0).
         max_iterations: cap on iterations (>= 1).
+        callback: ``callback(iteration, relative recurrence residual)`` after each iteration.
 
     Returns:
         :class:`CGResult`.
@@ -320,8 +339,10 @@ def conjugate_gradient(
         p = r + (rr_next / rr) * p
         rr = rr_next
         iterations += 1
+        if callback is not None:
+            callback(iterations, float(rr.sqrt()) / b_norm)
     residual = float((rhs - matvec(x)).norm()) / b_norm
-    return CGResult(x, iterations, residual, residual <= tol * 10)
+    return CGResult(x, iterations, residual, residual <= tol * CG_RESIDUAL_SLACK)
 
 
 @dataclass(frozen=True)
@@ -333,7 +354,10 @@ class NaturalGradient:
     ``null_space_share = ||P_null g||^2 / ||g||^2``, the gradient's share in the span of the
     eigenvectors with ``w <= rcond * max w`` (``dense`` only, NaN otherwise);
     ``cos_g_v`` the cosine between ``g`` and ``v``; ``cg_iterations`` 0 unless ``cg``;
-    ``min/max_eigenvalue`` of the undamped F (``dense`` only, for Gate A).
+    ``min/max_eigenvalue`` of the undamped F (``dense`` only, for Gate A);
+    ``converged``: ``cg`` met ``CG_RESIDUAL_SLACK * tolerance`` (always True for the other
+    solvers, whose residual measures an approximation or a cutoff, not an unfinished solve);
+    ``tolerance`` the ``cg_tol`` asked for (NaN unless ``cg``).
     """
 
     direction: torch.Tensor
@@ -347,6 +371,14 @@ class NaturalGradient:
     seconds: float
     min_eigenvalue: float = float("nan")
     max_eigenvalue: float = float("nan")
+    converged: bool = True
+    tolerance: float = float("nan")
+
+    def label(self) -> str:
+        """How the direction was obtained, e.g. ``"CG, 10 iterations, residual 0.081"``."""
+        if self.solver is Solver.CG:
+            return f"CG, {self.cg_iterations} iterations, residual {self.relative_residual:.2g}"
+        return self.solver.value
 
 
 def natural_gradient(
@@ -359,6 +391,7 @@ def natural_gradient(
     cg_tol: float = 1e-6,
     cg_max_iterations: int | None = None,
     kfac_exact_damping: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> NaturalGradient:
     """The natural-gradient direction ``v = (F + lambda I)^+ g`` of any model.
 
@@ -377,6 +410,8 @@ def natural_gradient(
             pi-heuristic; the default, since a 9217 x 9217 factor of the MNIST CNN takes ~10 s to
             Cholesky-factor but over 5 min to eigendecompose on 2 CPU cores). ``ekfac`` is
             always exact (it lives in the factors' eigenbasis).
+        progress: called with ``("CG", iteration, cap, "residual r")`` per CG iteration and
+            ``("Fisher columns", done, P, "")`` while ``dense`` forms F.
 
     Returns:
         :class:`NaturalGradient` (direction and diagnostics).
@@ -384,11 +419,30 @@ def natural_gradient(
     solver = Solver(solver)
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
+    if solver in (Solver.KFAC, Solver.EKFAC):
+        if damping <= 0:
+            raise ValueError(
+                f"solver {solver.value} needs damping > 0 (K-FAC's Kronecker factors are "
+                "singular for softmax outputs), got 0"
+            )
+        check_kfac_eligible(fisher.model, method=solver.value)
+    with math_attention():
+        return _natural_gradient(fisher, gradient, solver=solver, damping=damping, rcond=rcond,
+                                 cg_tol=cg_tol, cg_max_iterations=cg_max_iterations,
+                                 kfac_exact_damping=kfac_exact_damping,
+                                 progress=progress)  # fmt: skip
+
+
+def _natural_gradient(
+    fisher, gradient, *, solver, damping, rcond, cg_tol, cg_max_iterations, kfac_exact_damping,
+    progress,
+) -> NaturalGradient:  # fmt: skip
     start = time.perf_counter()
     null_share, rank, iterations = float("nan"), -1, 0
     extremes = (float("nan"), float("nan"))
+    converged, tolerance = True, float("nan")
     if solver is Solver.DENSE:
-        dense = fisher.dense()
+        dense = fisher.dense(progress=progress)
         eigenvalues, eigenvectors = linalg.eigh(dense)
         shifted = eigenvalues + damping
         keep = shifted > rcond * float(shifted.abs().max())
@@ -399,13 +453,21 @@ def natural_gradient(
         rank = int(keep.sum())
         extremes = (float(eigenvalues.min()), float(eigenvalues.max()))
     elif solver is Solver.CG:
+        cap = 10 * gradient.numel() if cg_max_iterations is None else cg_max_iterations
+
+        def report(iteration: int, residual: float) -> None:
+            if progress is not None:
+                progress("CG", iteration, cap, f"residual {residual:.3g}")
+
         result = conjugate_gradient(
             lambda v: fisher.matvec(v) + damping * v,
             gradient,
             tol=cg_tol,
             max_iterations=cg_max_iterations,
+            callback=report,
         )
         direction, iterations = result.solution, result.iterations
+        tolerance = cg_tol
     else:
         if damping <= 0:
             raise ValueError(
@@ -415,6 +477,8 @@ def natural_gradient(
         from curvlinops import KFACInverseLinearOperator
 
         eigenvalue_corrected = solver is Solver.EKFAC
+        if progress is not None:
+            progress(f"{solver.value} factors", 0, 1, "computing the Kronecker factors")
         base = fisher.kfac_unscaled(eigenvalue_corrected=eigenvalue_corrected)
         # (s K + lambda I)^-1 = (K + (lambda / s) I)^-1 / s for the Fisher's scale s.
         scale = fisher.scale
@@ -423,21 +487,28 @@ def natural_gradient(
             base, damping=damping / scale, use_exact_damping=exact, use_heuristic_damping=not exact
         )
         direction = (inverse @ gradient) / scale
+        if progress is not None:
+            progress(f"{solver.value} factors", 1, 1, "factors computed and inverted")
     seconds = time.perf_counter() - start
     residual = fisher.matvec(direction) + damping * direction - gradient
     g_norm = gradient.norm()
+    relative_residual = float(residual.norm() / g_norm)
+    if solver is Solver.CG:
+        converged = relative_residual <= CG_RESIDUAL_SLACK * cg_tol
     return NaturalGradient(
         direction=direction,
         solver=solver,
         damping=damping,
         cg_iterations=iterations,
-        relative_residual=float(residual.norm() / g_norm),
+        relative_residual=relative_residual,
         null_space_share=null_share,
         cos_g_v=float(gradient @ direction / (g_norm * direction.norm())),
         rank=rank,
         seconds=seconds,
         min_eigenvalue=extremes[0],
         max_eigenvalue=extremes[1],
+        converged=converged,
+        tolerance=tolerance,
     )
 
 
@@ -448,6 +519,11 @@ def fisher_curvature(fisher: FisherOperator, direction: torch.Tensor) -> torch.T
 
 def step_size_for_kl(curvature: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
     """``eta = sqrt(2 eps / v^T F v)`` from a precomputed curvature ``v^T F v > 0``."""
+    if not torch.isfinite(curvature).all():
+        raise NonFiniteOutputError(
+            f"the Fisher curvature v^T F v = {float(curvature)} is not finite: the model's "
+            "outputs, its gradient or the step direction contain NaN/inf"
+        )
     if not float(curvature) > 0:
         raise ValueError(f"direction has non-positive Fisher curvature v^T F v = {curvature}")
     return torch.sqrt(2 * torch.as_tensor(epsilon, dtype=curvature.dtype) / curvature.cpu())
@@ -463,7 +539,7 @@ def output_kl(before: torch.Tensor, after: torch.Tensor, *, loss: LossKind) -> t
 
 DIAGNOSTIC_COLUMNS = [
     "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
-    "direction_seconds",
+    "direction_seconds", "cg_tol", "solve_converged",
 ]  # fmt: skip
 
 
@@ -501,6 +577,8 @@ class ModelStepPair:
                     "relative_residual": solve.relative_residual if solve else float("nan"),
                     "null_space_share": solve.null_space_share if solve else float("nan"),
                     "direction_seconds": solve.seconds if solve else 0.0,
+                    "cg_tol": solve.tolerance if solve else float("nan"),
+                    "solve_converged": solve.converged if solve else True,
                 })  # fmt: skip
         return rows
 
@@ -519,6 +597,8 @@ def model_kl_matched_steps(
     cg_tol: float = 1e-6,
     cg_max_iterations: int | None = None,
     batch_size: int | None = None,
+    self_check: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> ModelStepPair:
     """E1's KL-matched steps for any ``nn.Module`` (classifier or regressor), in eval mode.
 
@@ -535,31 +615,52 @@ def model_kl_matched_steps(
         methods: which directions; solver, damping, kfac_damping, rcond, cg_tol,
             cg_max_iterations: see :func:`natural_gradient`.
         batch_size: batches for Fisher products and forward passes (memory).
+        self_check: check curvlinops' Fisher products against the torch.func reference once
+            for this model (:func:`~geomlab.geometry.curvature.fisher_self_check`).
+        progress: see :func:`natural_gradient`.
+
+    Every pass runs inside :func:`~geomlab.geometry.attention.math_attention`; the model may
+    return a tensor or a Hugging Face-style output with ``.logits``.
 
     Returns:
         :class:`ModelStepPair` (``.records()`` gives the table rows).
+
+    Raises:
+        UnsupportedShapeError: before any work, when a ``kfac``/``ekfac`` method (or solver) meets
+            parameters outside ``nn.Linear``/``nn.Conv2d`` (freeze them to proceed).
+        NonFiniteOutputError: the model's outputs, loss or gradient at its weights are NaN/inf.
     """
     loss = LossKind(loss)
+    methods = [StepMethod(m) for m in methods]
+    solver = Solver(solver)
+    kfac_methods = [m.value for m in methods if m in (StepMethod.KFAC, StepMethod.EKFAC)]
+    if StepMethod.NATGRAD in methods and solver in (Solver.KFAC, Solver.EKFAC):
+        kfac_methods.append(solver.value)
+    for name in kfac_methods[:1]:
+        check_kfac_eligible(model, method=name)
     batches = as_batches(data, batch_size=batch_size)
     targets = torch.cat([y for _, y in batches])
-    with eval_mode(model):
-        fisher = FisherOperator(model, batches, loss=loss)
-        params = {n: p.detach() for n, p in fisher.parameters.items()}
+    with eval_mode(model), math_attention():
+        params = {n: p.detach() for n, p in trainable_parameters(model).items()}
+        outputs_before = model_outputs(model, params, batches)
+        check_finite(outputs_before, what=f"the outputs of model {type(model).__name__}")
+        fisher = FisherOperator(model, batches, loss=loss, self_check=self_check)
         theta = flatten(params.values())
         loss_before, gradient = loss_and_gradient(model, batches, loss=loss)
-        outputs_before = model_outputs(model, params, batches)
+        check_finite(gradient, what=f"the loss gradient of model {type(model).__name__}")
         steps, solves = [], {}
-        for method in (StepMethod(m) for m in methods):
+        for method in methods:
             solve = None
             if method is StepMethod.SGD:
                 direction = gradient
             elif method is StepMethod.NATGRAD:
                 solve = natural_gradient(fisher, gradient, solver=solver, damping=damping,
                                          rcond=rcond, cg_tol=cg_tol,
-                                         cg_max_iterations=cg_max_iterations)  # fmt: skip
+                                         cg_max_iterations=cg_max_iterations,
+                                         progress=progress)  # fmt: skip
             else:
                 solve = natural_gradient(fisher, gradient, solver=Solver(method.value),
-                                         damping=kfac_damping)  # fmt: skip
+                                         damping=kfac_damping, progress=progress)  # fmt: skip
             if solve is not None:
                 direction = solve.direction
             eta = step_size_for_kl(fisher_curvature(fisher, direction), epsilons.cpu())

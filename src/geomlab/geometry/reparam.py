@@ -27,6 +27,7 @@ from geomlab.geometry.gates import GateResult
 from geomlab.geometry.natural_gradient import (
     Solver,
     StepMethod,
+    SymmetricPseudoInverse,
     categorical_kl,
     conjugate_gradient,
     output_kl,
@@ -76,6 +77,44 @@ def transform_fisher_reference(fisher: torch.Tensor, scale: torch.Tensor) -> tor
     return diag @ fisher @ diag
 
 
+@dataclass(frozen=True)
+class SolveCutoff:
+    """What a pseudo-inverse's relative cutoff did to one NG solve.
+
+    ``rank``: eigenvalues kept (``w > cutoff``); ``cutoff = rcond * max|w|``;
+    ``dropped``: eigenvalues at or below it; ``round_off_floor = P * eps(dtype) * max|w|``, the
+    eigensolver's backward error (eigenvalues below it are indistinguishable from 0);
+    ``dropped_above_floor``: dropped eigenvalues above that floor, i.e. real curvature the
+    cutoff discarded; ``dropped_share = ||P_dropped b||^2 / ||b||^2`` for the right-hand side
+    ``b`` (the gradient in these coordinates). NaN / -1 where no eigendecomposition was made.
+    """
+
+    rank: int = -1
+    cutoff: float = float("nan")
+    dropped: int = -1
+    dropped_above_floor: int = -1
+    dropped_share: float = float("nan")
+    round_off_floor: float = float("nan")
+
+
+def solve_cutoff(pinv: SymmetricPseudoInverse, rhs: torch.Tensor) -> SolveCutoff:
+    """:class:`SolveCutoff` of ``pinv`` applied to ``rhs``."""
+    w = pinv.eigenvalues
+    kept = pinv.inverse_eigenvalues != 0
+    floor = len(w) * torch.finfo(w.dtype).eps * float(w.abs().max())
+    coords = pinv.eigenvectors.T @ rhs
+    total = float(coords.pow(2).sum())
+    share = float(coords[~kept].pow(2).sum()) / total if total > 0 else 0.0
+    return SolveCutoff(
+        rank=pinv.rank,
+        cutoff=pinv.cutoff,
+        dropped=int((~kept).sum()),
+        dropped_above_floor=int((~kept & (w > floor)).sum()),
+        dropped_share=share,
+        round_off_floor=floor,
+    )
+
+
 def rescaled_step(
     gradient: torch.Tensor,
     fisher: torch.Tensor,
@@ -89,16 +128,33 @@ def rescaled_step(
 
     Returns ``(delta_theta, F_phi)``.
     """
+    delta, fisher_phi, _ = rescaled_step_with_cutoff(
+        gradient, fisher, scale, method=method, eta=eta, rcond=rcond
+    )
+    return delta, fisher_phi
+
+
+def rescaled_step_with_cutoff(
+    gradient: torch.Tensor,
+    fisher: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    method: Method,
+    eta: float,
+    rcond: float,
+) -> tuple[torch.Tensor, torch.Tensor, SolveCutoff]:
+    """:func:`rescaled_step` plus the :class:`SolveCutoff` of its pseudo-inverse (empty for
+    SGD). Returns ``(delta_theta, F_phi, cutoff)``."""
     if method not in (StepMethod.SGD, StepMethod.NATGRAD):
         raise ValueError(f"method must be 'sgd' or 'natgrad', got {method!r}")
     method = StepMethod(method)
     grad_phi = transform_gradient(gradient, scale)
     fisher_phi = transform_fisher(fisher, scale)
     if method is StepMethod.SGD:
-        delta_phi = -eta * grad_phi
-    else:
-        delta_phi = -eta * symmetric_pseudo_inverse(fisher_phi, rcond=rcond).apply(grad_phi)
-    return scale * delta_phi, fisher_phi
+        return scale * (-eta * grad_phi), fisher_phi, SolveCutoff()
+    pinv = symmetric_pseudo_inverse(fisher_phi, rcond=rcond)
+    delta_phi = -eta * pinv.apply(grad_phi)
+    return scale * delta_phi, fisher_phi, solve_cutoff(pinv, grad_phi)
 
 
 def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -300,7 +356,31 @@ def rescaled_model_step(
     cg_max_iterations: int | None = None,
     fisher_matrix: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One step of size ``eta`` taken in coordinates ``phi`` (theta = S * phi), mapped back.
+    """One step of size ``eta`` taken in coordinates ``phi`` (theta = S * phi), mapped back;
+    :func:`rescaled_model_step_with_cutoff` without the cutoff diagnostics."""
+    return rescaled_model_step_with_cutoff(
+        fisher, gradient, scale, method=method, eta=eta, solver=solver, damping=damping,
+        rcond=rcond, cg_tol=cg_tol, cg_max_iterations=cg_max_iterations,
+        fisher_matrix=fisher_matrix,
+    )[0]  # fmt: skip
+
+
+def rescaled_model_step_with_cutoff(
+    fisher: FisherOperator,
+    gradient: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    method: StepMethod,
+    eta: float,
+    solver: Solver = Solver.DENSE,
+    damping: float = 0.0,
+    rcond: float = 1e-8,
+    cg_tol: float = 1e-10,
+    cg_max_iterations: int | None = None,
+    fisher_matrix: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, SolveCutoff]:
+    """One step of size ``eta`` taken in coordinates ``phi`` (theta = S * phi), mapped back,
+    and the :class:`SolveCutoff` of its dense pseudo-inverse (empty for SGD and CG).
 
     ``delta_theta = -eta S^2 g`` (SGD) or ``-eta S (S F S + lambda I)^+ (S g)`` (NG), with
     the rescaled Fisher applied as ``u -> S * F(S * u)`` (``cg``) or formed (``dense``,
@@ -316,25 +396,25 @@ def rescaled_model_step(
         fisher_matrix: ``fisher.dense()`` if already formed (``dense`` reuses it).
 
     Returns:
-        ``(P,)`` step in theta.
+        ``((P,) step in theta, SolveCutoff)``.
     """
     method, solver = StepMethod(method), Solver(solver)
     if method not in (StepMethod.SGD, StepMethod.NATGRAD):
         raise ValueError(f"method must be 'sgd' or 'natgrad', got {method.value!r}")
     grad_phi = scale * gradient
     if method is StepMethod.SGD:
-        return scale * (-eta * grad_phi)
+        return scale * (-eta * grad_phi), SolveCutoff()
     if solver is Solver.DENSE:
         dense = fisher.dense() if fisher_matrix is None else fisher_matrix
         fisher_phi = transform_fisher(dense, scale)
         eye = torch.eye(len(scale), dtype=scale.dtype, device=scale.device)
         pinv = symmetric_pseudo_inverse(fisher_phi + damping * eye, rcond=rcond)
-        return scale * (-eta * pinv.apply(grad_phi))
+        return scale * (-eta * pinv.apply(grad_phi)), solve_cutoff(pinv, grad_phi)
     if solver is Solver.CG:
         result = conjugate_gradient(lambda u: scale * fisher.matvec(scale * u) + damping * u,
                                     grad_phi, tol=cg_tol,
                                     max_iterations=cg_max_iterations)  # fmt: skip
-        return scale * (-eta * result.solution)
+        return scale * (-eta * result.solution), SolveCutoff()
     raise ValueError(f"rescaled steps support solver dense or cg, got {solver.value!r}")
 
 

@@ -13,16 +13,24 @@ EXTRA_COLORS = {"kfac": PALETTE[4], "ekfac": PALETTE[3]}  # not the advantage pa
 EXTRA_LABELS = {"kfac": "K-FAC", "ekfac": "EK-FAC"}
 
 
-def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame | dict[str, pd.DataFrame]):
+def pareto_figure(
+    aggregated: pd.DataFrame,
+    advantage: pd.DataFrame | dict[str, pd.DataFrame],
+    *,
+    labels: dict[str, str] | None = None,
+):
     """Three stacked panels at single-column width, all against KL on a log axis. ``advantage``
-    is natural gradient's table (the notebook's panel) or one table per non-SGD method."""
+    is natural gradient's table (the notebook's panel) or one table per non-SGD method.
+    ``labels`` overrides a method's legend label (e.g. ``"NG (CG, 10 iterations, residual
+    0.3)"`` for an inexact solve)."""
+    labels = labels or {}
     with paper_style():
         fig, (ax_loss, ax_adv, ax_ratio) = new_figure(3, 1, height=5.0)
         present = set(aggregated["method"])
         for method in [m for m in METHOD_ORDER if m in present]:
             rows = aggregated[aggregated["method"] == method].sort_values("epsilon")
             color = COLORS.get(method, EXTRA_COLORS.get(method))
-            label = LABELS.get(method, EXTRA_LABELS.get(method, method))
+            label = labels.get(method, LABELS.get(method, EXTRA_LABELS.get(method, method)))
             ax_loss.errorbar(
                 rows["kl_step_mean"], rows["delta_loss_mean"],
                 xerr=rows["kl_step_std"].fillna(0), yerr=rows["delta_loss_std"].fillna(0),
@@ -46,9 +54,10 @@ def pareto_figure(aggregated: pd.DataFrame, advantage: pd.DataFrame | dict[str, 
             ax_adv.errorbar(
                 table["epsilon"], table["advantage_pct"],
                 yerr=table["advantage_pct_seed_std"].fillna(0), marker=MARKERS.get(method, "o"),
-                color=color, label=LABELS.get(method, EXTRA_LABELS.get(method, method)),
+                color=color,
+                label=labels.get(method, LABELS.get(method, EXTRA_LABELS.get(method, method))),
             )  # fmt: skip
-        if not alone and advantages:
+        if (not alone or labels) and advantages:
             ax_adv.legend(loc="best")
         ax_adv.axhline(0, color=COLORS["grey"], linestyle="--", linewidth=0.8)
         ax_adv.set(xscale="log", xlabel=r"Target per-step KL $\varepsilon$",
