@@ -650,3 +650,38 @@ def test_self_check_leaves_modes_buffers_and_random_stream_alone():
     # train-mode dropout: both passes of the check draw the same mask, so it passes
     model[4].train()
     assert float(self_check_errors(model, inputs, labels, "taylor", max_order=3).max()) < 1e-10
+
+
+def test_measure_lambda_self_checks_its_path_once(monkeypatch):
+    from geomlab.geometry import derivatives
+
+    real_fast = derivatives.fast_directional_derivatives
+
+    def wrong_fast(*args, **kwargs):  # a fast path 1 % off at order 3 only
+        values, logits = real_fast(*args, **kwargs)
+        return torch.cat([values[:2], 1.01 * values[2:3], values[3:]]), logits
+
+    monkeypatch.setattr(derivatives, "fast_directional_derivatives", wrong_fast)
+    torch.manual_seed(0)
+    model = TinyFunctionalCNN().double()
+    inputs = torch.randn(20, 1, 10, 10, dtype=torch.float64)
+    labels = torch.randint(0, 5, (20,))
+    kwargs = dict(classes=(1, 2), max_order=4, num_directions=2, prob_range=(0.0, 1.0),
+                  max_points=8, min_points=3, batch_size=4)  # fmt: skip
+    with pytest.raises(SelfCheckError, match="TinyFunctionalCNN at order 3") as caught:
+        measure_lambda(model, inputs, labels, method="fast", **kwargs)
+    assert 0.009 < caught.value.relative_error < 0.011
+    nested = measure_lambda(model, inputs, labels, method="nested",
+                            generator=torch.Generator().manual_seed(1), **kwargs)  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="Falling back to the nested reference"):
+        auto = measure_lambda(model, inputs, labels, method="auto",
+                              generator=torch.Generator().manual_seed(1), **kwargs)  # fmt: skip
+    assert auto.method == "nested" and auto.slope == nested.slope
+    # lower orders passed the check: a measurement to order 2 may use the fast path
+    low = measure_lambda(model, inputs, labels, method="fast", **{**kwargs, "max_order": 2})
+    assert low.method == "fast"
+    # and with the check off the (here wrong) fast path is used as asked
+    unchecked = measure_lambda(model, inputs, labels, method="fast", self_check=False,
+                               generator=torch.Generator().manual_seed(1), **kwargs)  # fmt: skip
+    assert unchecked.method == "fast" and unchecked.slope != nested.slope
+    clear_path_cache()

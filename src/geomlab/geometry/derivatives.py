@@ -20,9 +20,16 @@ Three implementations of the same numbers (docs/derivatives.md):
 
 ``method="fast"`` means the cumulant path when :func:`check_piecewise_linear` passes, else
 Taylor mode; it raises naming an op without a Taylor rule, and ``"auto"`` falls back to the
-reference only then. BatchNorm: the penalty's passes never change running statistics and hold
+reference then. BatchNorm: the penalty's passes never change running statistics and hold
 train-mode batch statistics constant along the direction
 (:mod:`geomlab.geometry.batch_statistics`).
+
+Issue 17: the loss is an argument (:func:`resolve_loss`: cross-entropy for integer labels, MSE
+for float targets); outputs go through :func:`~geomlab.geometry.outputs.as_logits`; every pass
+runs under :func:`~geomlab.geometry.attention.math_attention`; and a fast path is self-checked
+against the nested reference in float64 the first time a model meets it
+(:func:`resolve_path`), the resolution and outcome cached per model (:data:`_PATH_CACHE`, the
+module's only global mutable state; :func:`clear_path_cache`). docs/derivatives.md.
 """
 
 from __future__ import annotations
