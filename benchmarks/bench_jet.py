@@ -148,11 +148,11 @@ def main() -> None:
     jet_fn(params, jx, jy, ju, orders).block_until_ready()
     compile_s = time.perf_counter() - start
 
-    def jet_penalty(p):
-        return jnp.abs(jax_derivatives(p, jx, jy, ju, orders)).mean()
+    def jet_penalty(p, inputs, labels, directions):  # data as arguments, not folded constants
+        return jnp.abs(jax_derivatives(p, inputs, labels, directions, orders)).mean()
 
     jet_grad = jax.jit(jax.value_and_grad(jet_penalty))
-    jax.block_until_ready(jet_grad(params))
+    jax.block_until_ready(jet_grad(params, jx, jy, ju))
     trainable = list(model.parameters())
 
     def public() -> None:
@@ -175,7 +175,7 @@ def main() -> None:
         "public warm": public,
         "taylor core": core,
         "public cold": public_cold,
-        "jet penalty value+grad": lambda: jax.block_until_ready(jet_grad(params)),
+        "jet penalty value+grad": lambda: jax.block_until_ready(jet_grad(params, jx, jy, ju)),
         "penalty value+grad": penalty,
     }
     for fn in variants.values():  # warm-up

@@ -14,6 +14,7 @@ from geomlab.geometry.attention import math_attention
 from geomlab.geometry.batch_statistics import PrimitiveLayerNorm
 from geomlab.geometry.derivatives import (
     SelfCheckError,
+    SelfCheckUnavailable,
     boundary_point_indices,
     check_piecewise_linear,
     class_selective_loss,
@@ -685,3 +686,26 @@ def test_measure_lambda_self_checks_its_path_once(monkeypatch):
                                generator=torch.Generator().manual_seed(1), **kwargs)  # fmt: skip
     assert unchecked.method == "fast" and unchecked.slope != nested.slope
     clear_path_cache()
+
+
+def test_a_model_that_cannot_be_copied_is_refused_by_fast_and_nested_under_auto():
+    class Uncopyable(nn.Sequential):
+        def __deepcopy__(self, memo):
+            raise TypeError("holds a file handle")
+
+    torch.manual_seed(0)
+    model = Uncopyable(nn.Flatten(), nn.Linear(10, 6), nn.Tanh(), nn.Linear(6, 4)).double()
+    inputs = torch.randn(4, 1, 10, dtype=torch.float64)
+    labels = torch.randint(0, 4, (4,))
+    directions = sample_unit_directions(2, inputs, generator=torch.Generator().manual_seed(0))
+    call = dict(max_order=3)
+    with pytest.raises(SelfCheckUnavailable, match="Uncopyable.*holds a file handle"):
+        directional_derivatives(model, inputs, labels, directions, method="fast", **call)
+    with pytest.warns(RuntimeWarning, match="self_check=False"):
+        auto = directional_derivatives(model, inputs, labels, directions, **call)
+    reference = nested_directional_derivatives(model, inputs, labels, directions, **call)
+    assert auto.method == "nested" and torch.equal(auto.values, reference)
+    unchecked = directional_derivatives(model, inputs, labels, directions, method="fast",
+                                        self_check=False, **call)  # fmt: skip
+    assert unchecked.path == "taylor"
+    assert relative_error(unchecked.values, reference) <= REL_TOL

@@ -460,6 +460,10 @@ class SelfCheckError(ValueError):
         )
 
 
+class SelfCheckUnavailable(ValueError):
+    """The self-check could not run: the model cannot be deep-copied to float64."""
+
+
 @dataclass
 class _Check:
     """What the self-check established for one (path, loss): orders 1..``passed`` agree;
@@ -542,7 +546,14 @@ def self_check_errors(
     probe = probe_batch(inputs, num_samples)
     if not probe.dtype.is_floating_point:
         raise ValueError(f"input derivatives need float inputs, got dtype {probe.dtype}")
-    reference = copy.deepcopy(model).to(torch.float64)
+    try:
+        reference = copy.deepcopy(model).to(torch.float64)
+    except Exception as error:  # noqa: BLE001 - reported as what it means for the caller
+        raise SelfCheckUnavailable(
+            f"the self-check needs a float64 deep copy of {type(model).__name__}, which failed"
+            f" ({type(error).__name__}: {error}); pass self_check=False to skip the check, or"
+            " use method='nested'"
+        ) from error
     x = probe.to(torch.float64)
     generator = torch.Generator(device=x.device).manual_seed(SELF_CHECK_SEED)
     direction = sample_unit_directions(1, x, generator=generator)
@@ -612,8 +623,9 @@ def resolve_path(
     Self-check before use (``self_check``, with ``max_order`` given): the first time a model
     meets a fast path at an order, the path is compared with the nested reference in float64 on
     :data:`SELF_CHECK_SAMPLES` samples of ``example_inputs`` (see :func:`self_check_errors`). A
-    mismatch raises :class:`SelfCheckError` naming the model class, order and relative error;
-    under ``"auto"`` it warns once and resolves to ``"nested"`` instead. The resolution and the
+    mismatch raises :class:`SelfCheckError` naming the model class, order and relative error
+    (:class:`SelfCheckUnavailable` when the model cannot be deep-copied to float64); under
+    ``"auto"`` it warns once and resolves to ``"nested"`` instead. The resolution and the
     outcome are cached per model and structure (:data:`_PATH_CACHE`), so later calls cost a
     signature and a dictionary look-up."""
     if method not in ("auto", "fast", "nested", "linear", "taylor"):
@@ -636,7 +648,12 @@ def resolve_path(
     if not self_check or max_order is None:
         return path
     loss = resolve_loss(loss, labels) if labels is not None else (loss or "cross_entropy")
-    failure = _run_check(entry, model, example_inputs, labels, path, max_order, loss)
+    try:
+        failure = _run_check(entry, model, example_inputs, labels, path, max_order, loss)
+    except SelfCheckUnavailable as error:
+        if method != "auto":
+            raise
+        failure = error  # not cached: the model may become copyable
     if failure is None:
         return path
     if method != "auto":
