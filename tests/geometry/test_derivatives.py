@@ -493,6 +493,22 @@ class ClsTokenNet(nn.Module):
         return self.head(F.gelu((h + weights @ v)[:, 0]))
 
 
+class SdpaNet(nn.Module):
+    """Hugging Face's ``sdpa`` attention pattern: F.scaled_dot_product_attention on heads."""
+
+    def __init__(self, width: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = self.embed(x)
+        q, k, v = (t.unflatten(-1, (2, -1)).transpose(1, 2) for t in self.qkv(h).chunk(3, -1))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.head(torch.tanh(h + attended).mean(dim=1))
+
+
 def independent_derivatives(model, inputs, labels, direction, max_order):
     """d_1..d_n of t ↦ CE(f(x + t u)) by forward mode nested in forward mode (torch.func.jvp),
     LayerNorm from primitives (torch's fused LayerNorm is wrong under forward-over-forward too)."""
@@ -519,7 +535,7 @@ def finite_difference_derivatives(model, inputs, labels, direction, step=1e-4):
                         (values[2] - 2 * values[1] + values[0]) / step**2])  # fmt: skip
 
 
-@pytest.mark.parametrize("architecture", [TinyEncoder, ClsTokenNet])
+@pytest.mark.parametrize("architecture", [TinyEncoder, ClsTokenNet, SdpaNet])
 def test_attention_models_nested_is_right_and_fast_agrees_or_refuses(architecture):
     torch.manual_seed(0)
     model = architecture().double().eval()
