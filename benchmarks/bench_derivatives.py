@@ -8,7 +8,9 @@ its GELU variant (Taylor mode).
 Timings are interleaved (plain, fast, nested, plain, ...) and the median is reported, so a
 machine-wide slowdown hits every variant alike. Prints ratios to the plain step. Targets
 (issue 12): GELU penalized step ≤ 7× a plain step; GELU λ measurement ≥ 15× faster than nested;
-the notebook CNN's ratio no worse than 2.0×.
+the notebook CNN's ratio no worse than 2.0×. Issue 17: the public ``directional_derivatives``
+with the per-model path cache warm vs cold (the first call on a model resolves the path and
+runs the float64 self-check; later calls only look it up). JAX's jet: ``bench_jet.py``.
 """
 
 from __future__ import annotations
@@ -93,6 +95,51 @@ def lambda_timing(model, args, generator, device, repeats) -> dict[str, float]:
     return time_interleaved({"fast": measure("fast"), "nested": measure("nested")}, repeats, device)
 
 
+def public_call_timing(model, inputs, labels, args, device, repeats) -> dict[str, float]:
+    """The public ``directional_derivatives`` (eval mode, orders 1–4, ``--directions``) with the
+    per-model path cache warm (resolved and self-checked already) and cold (``clear_path_cache``
+    first: eligibility traces and the float64 self-check included), against the Taylor core it
+    dispatches to and a plain forward+backward of the loss."""
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(2)
+    directions = deriv.sample_unit_directions(args.directions, inputs, generator=generator)
+    trainable = list(model.parameters())
+
+    def plain() -> None:
+        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        torch.autograd.grad(loss, trainable)
+
+    def core() -> None:
+        with torch.no_grad():
+            deriv.fast_directional_derivatives(model, inputs, labels, directions, max_order=4,
+                                               path="taylor")  # fmt: skip
+
+    def public() -> None:
+        deriv.directional_derivatives(model, inputs, labels, directions, max_order=4)
+
+    def cold() -> None:
+        deriv.clear_path_cache(model)
+        deriv.directional_derivatives(model, inputs, labels, directions, max_order=4)
+
+    return time_interleaved(
+        {"plain fwd+bwd": plain, "taylor core": core, "public, cache warm": public,
+         "public, cache cold": cold},
+        repeats, device,
+    )  # fmt: skip
+
+
+def public_table(gelu, inputs, labels, args, device) -> None:
+    calls = public_call_timing(gelu, inputs, labels, args, device, args.repeats)
+    print(f"\npublic directional_derivatives, GELU variant (eval, orders 1-4, K {args.directions})")
+    print(f"{'call':<28}{'seconds':>10}{'x core':>10}")
+    for name, seconds in calls.items():
+        print(f"{name:<28}{seconds:>10.4f}{seconds / calls['taylor core']:>10.2f}")
+    print(
+        f"the cache saves {calls['public, cache cold'] - calls['public, cache warm']:.3f} s per"
+        " call after the first (eligibility traces and the self-check run once per model)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -103,6 +150,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-relu", action="store_true", help="only the GELU variant")
+    parser.add_argument("--only-public", action="store_true",
+                        help="only the public call, cache warm vs cold (GELU variant)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,6 +173,8 @@ def main() -> None:
     gelu_optimizer = torch.optim.Adam(gelu.parameters(), lr=1e-4)
     assert deriv.resolve_method(gelu, inputs, "auto") == "fast"
     assert deriv.choose_fast_path(gelu, inputs) == "taylor"
+    if args.only_public:
+        return public_table(gelu, inputs, labels, args, device)
     print("\nGELU variant of the notebook CNN (Taylor mode)")
     g = step_table(
         {
@@ -150,6 +201,7 @@ def main() -> None:
         f" taylor {lam['fast']:.3f} s, nested {lam['nested']:.3f} s ->"
         f" {lam['nested'] / lam['fast']:.1f}x faster (target >= 15x)"
     )
+    public_table(gelu, inputs, labels, args, device)
     if args.skip_relu:
         return
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from geomlab import io
 from geomlab.data.mnist import batch_indices
+from geomlab.geometry.outputs import as_logits
 from geomlab.models.modes import eval_mode
 
 
@@ -36,11 +37,12 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], StepLoss]
 def evaluate_classifier(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int
 ) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy in eval mode (each submodule's mode restored after)."""
+    """Accuracy and mean cross-entropy in eval mode (each submodule's mode restored after). The
+    model may return a tensor or an object with ``.logits`` (``geometry.outputs.as_logits``)."""
     correct, loss_sum = 0, 0.0
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start : start + batch_size])
+            logits = as_logits(model(images[start : start + batch_size]))
             target = labels[start : start + batch_size]
             loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(1) == target).sum())

@@ -120,8 +120,10 @@ def test_summary_figures_checkpoints_and_gates(tiny_run):
         assert (out / f"{stem}.pdf").exists()
     assert len(list((out / "checkpoints").glob("*.pt"))) == 6
     gates = {g["name"]: g for g in outcome.manifest["gates"]}
-    assert gates["fast_derivatives_match_nested"]["passed"]
-    assert gates["fast_derivatives_match_nested"]["rel_diff"] < 1e-9
+    for name in ("fast_derivatives_match_nested", lc.experiment.INITIAL_GATE):
+        assert gates[name]["passed"]
+        assert gates[name]["rel_diff"] < 1e-9
+    assert gates[lc.experiment.INITIAL_GATE]["scope"] == "initial model seed 0"
 
 
 def test_resume_does_not_retrain_and_gives_identical_tables(tiny_run, monkeypatch):
@@ -359,3 +361,35 @@ def test_bad_model_is_an_error_naming_model_before_any_work(tmp_path):
         app, ["run", "lambda", "--preset", "quick", "--set", "model=nope_xyz:f", "--out", str(out)]
     )
     assert result.exit_code == 2 and "model" in result.output and not out.exists()
+
+
+def test_a_wrong_fast_path_fails_the_run_before_any_training(tiny_run, tmp_path, monkeypatch):
+    # issue 17: the gate used to run only after all training had used the wrong penalty
+    _, _, data_dir = tiny_run
+    real_fast = deriv.fast_directional_derivatives
+
+    def wrong_fast(*args, **kwargs):  # a fast path off by 1 % at every order
+        values, logits = real_fast(*args, **kwargs)
+        return values * 1.01, logits
+
+    class TrainingStarted(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise TrainingStarted
+
+    monkeypatch.setattr(deriv, "fast_directional_derivatives", wrong_fast)
+    monkeypatch.setattr(lc.experiment, "train_model", no_training)
+    experiment = get("lambda-control")
+    config = experiment.make_config("quick", {**SMALL, "data_dir": str(data_dir)})
+    assert config.self_check
+    with pytest.raises(ValueError, match="initial mnist-cnn model, before training"):
+        run_experiment(experiment, config, preset="quick", out_dir=tmp_path / "a",
+                       interactive=False)  # fmt: skip
+    # with the check turned off the run goes on to training (where the wrong path would be used)
+    unchecked = experiment.make_config(
+        "quick", {**SMALL, "data_dir": str(data_dir), "self_check": False}
+    )
+    with pytest.raises(TrainingStarted):
+        run_experiment(experiment, unchecked, preset="quick", out_dir=tmp_path / "b",
+                       interactive=False)  # fmt: skip

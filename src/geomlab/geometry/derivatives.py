@@ -20,17 +20,27 @@ Three implementations of the same numbers (docs/derivatives.md):
 
 ``method="fast"`` means the cumulant path when :func:`check_piecewise_linear` passes, else
 Taylor mode; it raises naming an op without a Taylor rule, and ``"auto"`` falls back to the
-reference only then. BatchNorm: the penalty's passes never change running statistics and hold
+reference then. BatchNorm: the penalty's passes never change running statistics and hold
 train-mode batch statistics constant along the direction
 (:mod:`geomlab.geometry.batch_statistics`).
+
+Issue 17: the loss is an argument (:func:`resolve_loss`: cross-entropy for integer labels, MSE
+for float targets); outputs go through :func:`~geomlab.geometry.outputs.as_logits`; every pass
+runs under :func:`~geomlab.geometry.attention.math_attention`; and a fast path is self-checked
+against the nested reference in float64 the first time a model meets it
+(:func:`resolve_path`), the resolution and outcome cached per model (:data:`_PATH_CACHE`, the
+module's only global mutable state; :func:`clear_path_cache`). docs/derivatives.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import warnings
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -38,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geomlab.geometry.attention import math_attention
 from geomlab.geometry.batch_statistics import (
     BatchStatistics,
     PrimitiveLayerNorm,
@@ -50,6 +61,7 @@ from geomlab.geometry.eligibility import (  # noqa: F401 - re-exported for calle
     probe_batch,
     rng_devices,
 )
+from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
 from geomlab.geometry.taylor import (
     Loss,
     UnsupportedOperation,
@@ -98,7 +110,10 @@ def nested_directional_derivatives(
     """Reference ``d_n`` for n = 1..max_order by repeated input gradients.
 
     ``loss``: cross-entropy on integer ``labels`` ``[B]``, or ``"mse"``, the per-sample mean
-    squared error against ``labels`` of the outputs' shape.
+    squared error against float ``labels`` of the outputs' shape (see :func:`resolve_loss`;
+    float labels with cross-entropy are an error, not a soft-label cross-entropy). An output
+    that is not a tensor goes through :func:`~geomlab.geometry.outputs.as_logits`; attention
+    runs in its math form (:func:`~geomlab.geometry.attention.math_attention`).
 
     ``directions`` has shape ``[K, *inputs.shape]``; each direction gets its own forward pass
     (so in train mode each gets its own dropout mask, as in the notebook). Returns
@@ -112,6 +127,7 @@ def nested_directional_derivatives(
     forked RNG, so the caller's random stream is unchanged).
     """
     _check_shapes(inputs, labels, directions, max_order)
+    loss = resolve_loss(loss, labels)
     if batch_statistics is None and has_training_modules(model):
         batch_statistics = capture_batch_statistics(model, inputs, differentiable=create_graph)
     per_direction = []
@@ -119,15 +135,23 @@ def nested_directional_derivatives(
         x = inputs.detach().clone().requires_grad_(True)
         with (
             torch.enable_grad(),
+            math_attention(),
             isolated_buffers(model),
             _substituted(batch_statistics),
             PrimitiveLayerNorm(),
         ):
-            scalar = _summed_loss(model(x), labels, loss)
+            scalar = _summed_loss(as_logits(model(x)), labels, loss)
             orders = []
             for n in range(1, max_order + 1):
                 keep_graph = create_graph or n < max_order
-                (grad_x,) = torch.autograd.grad(scalar, x, create_graph=keep_graph)
+                if scalar.requires_grad:
+                    (grad_x,) = torch.autograd.grad(
+                        scalar, x, create_graph=keep_graph, allow_unused=True
+                    )
+                else:  # d_{n-1} is constant in x (e.g. MSE of a linear output): d_n = 0
+                    grad_x = None
+                if grad_x is None:
+                    grad_x = torch.zeros_like(x)
                 d_n = (grad_x * direction).flatten(1).sum(dim=1)
                 orders.append(d_n)
                 scalar = d_n.sum()
@@ -136,7 +160,54 @@ def nested_directional_derivatives(
     return result if create_graph else result.detach()
 
 
+LOSSES = ("cross_entropy", "mse")
+
+
+def resolve_loss(loss: Loss | None, labels: torch.Tensor) -> Loss:
+    """The loss for ``labels``: ``None`` infers it (integer labels → ``"cross_entropy"``, float
+    targets → ``"mse"``); an explicit ``loss`` is validated against the labels. Anything else
+    is a ``ValueError`` that says what was given."""
+    floating = labels.dtype.is_floating_point
+    integer = not floating and not labels.dtype.is_complex and labels.dtype != torch.bool
+    if loss is None:
+        if integer:
+            loss = "cross_entropy"
+        elif floating:
+            loss = "mse"
+        else:
+            raise ValueError(
+                f"cannot infer the loss from labels of dtype {labels.dtype}: give integer class"
+                " labels (cross-entropy) or float targets of the outputs' shape (MSE)"
+            )
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
+    if loss == "cross_entropy" and not integer:
+        raise ValueError(
+            f"loss='cross_entropy' needs integer class labels [B], got dtype {labels.dtype}"
+            " (float targets are not soft labels here: use loss='mse' for regression targets)"
+        )
+    if loss == "cross_entropy" and labels.dim() != 1:
+        raise ValueError(
+            f"loss='cross_entropy' needs class labels of shape [B], got {tuple(labels.shape)}"
+        )
+    if loss == "mse" and not floating:
+        raise ValueError(
+            f"loss='mse' needs float targets of the outputs' shape, got dtype {labels.dtype}"
+        )
+    return loss
+
+
+def check_targets(outputs: torch.Tensor, labels: torch.Tensor, loss: Loss) -> None:
+    """MSE targets must have the outputs' shape exactly (no silent broadcasting)."""
+    if loss == "mse" and labels.shape != outputs.shape:
+        raise ValueError(
+            f"loss='mse' needs targets of the outputs' shape {tuple(outputs.shape)},"
+            f" got {tuple(labels.shape)}"
+        )
+
+
 def _summed_loss(outputs: torch.Tensor, labels: torch.Tensor, loss: Loss) -> torch.Tensor:
+    check_targets(outputs, labels, loss)
     if loss == "cross_entropy":
         return F.cross_entropy(outputs, labels, reduction="sum")
     if loss == "mse":
@@ -153,6 +224,7 @@ def capture_batch_statistics(
     with (
         torch.random.fork_rng(devices=rng_devices(inputs)),
         torch.set_grad_enabled(differentiable),
+        math_attention(),
         isolated_buffers(model),
         statistics.capturing(),
     ):
@@ -189,8 +261,10 @@ def jvp_logits_and_tangents(
     """Generic path: one forward-mode pass with the K tangents batched by ``vmap``; the primal
     (and any dropout mask, drawn once with ``randomness="same"``) is shared by all directions."""
 
+    tensor_model = TensorOutput(model)
+
     def push_forward(direction: torch.Tensor):
-        return torch.func.jvp(model, (inputs,), (direction,))
+        return torch.func.jvp(tensor_model, (inputs,), (direction,))
 
     logits, tangents = torch.func.vmap(push_forward, randomness="same", out_dims=(None, 0))(
         directions
@@ -263,9 +337,13 @@ def taylor_directional_derivatives(
     running statistics (only for a pass that is also the training step's forward).
     """
     _check_shapes(inputs, labels, directions, max_order)
+    loss = resolve_loss(loss, labels)
     buffers = isolated_buffers(model) if isolate_buffers else contextlib.nullcontext()
-    with buffers, _substituted(batch_statistics):
-        outputs, coefficients = taylor_forward(model, inputs, directions, max_order=max_order)
+    with math_attention(), buffers, _substituted(batch_statistics):
+        outputs, coefficients = taylor_forward(
+            TensorOutput(model), inputs, directions, max_order=max_order
+        )
+    check_targets(outputs, labels, loss)
     if loss == "cross_entropy" and len(coefficients) == 1:
         values = loss_derivatives_along_tangents(
             outputs, coefficients[0], labels, max_order=max_order
@@ -287,11 +365,14 @@ def check_taylor(model: nn.Module, example_inputs: torch.Tensor) -> Eligibility:
         with (
             torch.random.fork_rng(devices=rng_devices(probe)),
             torch.no_grad(),
+            math_attention(),
             isolated_buffers(model),
         ):
-            taylor_forward(model, probe, direction, max_order=2)
+            taylor_forward(TensorOutput(model), probe, direction, max_order=2)
     except UnsupportedOperation as error:
         return Eligibility(False, str(error), (error.op,))
+    except ModelOutputError:
+        raise  # not a question of rules: no path can use this output
     except Exception as error:  # noqa: BLE001 - an untraceable model is ineligible, not fatal
         return Eligibility(False, f"the trace failed: {type(error).__name__}: {error}")
     return Eligibility(True, "every op has a Taylor-mode rule")
@@ -300,7 +381,9 @@ def check_taylor(model: nn.Module, example_inputs: torch.Tensor) -> Eligibility:
 def choose_fast_path(model: nn.Module, example_inputs: torch.Tensor) -> FastPath | Eligibility:
     """``"linear"`` (cumulant path) when the model is piecewise linear in its input, else
     ``"taylor"`` when every op has a rule, else the Taylor :class:`Eligibility` saying why not."""
-    if check_piecewise_linear(model, example_inputs).eligible:
+    with math_attention():
+        linear = check_piecewise_linear(TensorOutput(model), example_inputs).eligible
+    if linear:
         return "linear"
     verdict = check_taylor(model, example_inputs)
     return "taylor" if verdict.eligible else verdict
@@ -316,22 +399,277 @@ def fast_directional_derivatives(
     path: FastPath | None = None,
     batch_statistics: BatchStatistics | None = None,
     isolate_buffers: bool = True,
+    loss: Loss = "cross_entropy",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d, logits)``: ``d`` ``[max_order, K, B]`` by the exact fast path, and the logits of the
     same forward pass. ``path`` None picks it: the cumulant path (one JVP) when the model is
     piecewise linear in its input (:func:`check_piecewise_linear`), else Taylor mode, which
-    raises naming an op without a rule. Prefer :func:`directional_derivatives`, which falls back
-    to the reference."""
+    raises naming an op without a rule. No self-check here: prefer
+    :func:`directional_derivatives`, which checks the path once per model and falls back to the
+    reference. ``loss`` as in :func:`nested_directional_derivatives`."""
     _check_shapes(inputs, labels, directions, max_order)
+    loss = resolve_loss(loss, labels)
     if path is None:
-        path = "linear" if check_piecewise_linear(model, inputs).eligible else "taylor"
+        with math_attention():
+            linear = check_piecewise_linear(TensorOutput(model), inputs).eligible
+        path = "linear" if linear else "taylor"
     if path == "taylor":
         return taylor_directional_derivatives(
-            model, inputs, labels, directions, max_order=max_order,
+            model, inputs, labels, directions, max_order=max_order, loss=loss,
             batch_statistics=batch_statistics, isolate_buffers=isolate_buffers,
         )  # fmt: skip
-    logits, tangents = logits_and_tangents(model, inputs, directions)
+    if path != "linear":
+        raise ValueError(f"path must be 'linear' or 'taylor', got {path!r}")
+    with math_attention():
+        logits, tangents = logits_and_tangents(model, inputs, directions)
+    check_targets(logits, labels, loss)
+    if loss == "mse":
+        values = loss_derivatives_from_series(
+            logits, [tangents], labels, max_order=max_order, loss=loss
+        )
+        return values, logits
     return loss_derivatives_along_tangents(logits, tangents, labels, max_order=max_order), logits
+
+
+# --- self-check before use, once per model -----------------------------------------------------
+
+ResolvedPath = Literal["linear", "taylor", "nested"]
+
+SELF_CHECK_SAMPLES = 2
+SELF_CHECK_SEED = 20_240_517
+SELF_CHECK_RTOL = 1e-6
+"""Largest accepted relative error of a fast path against the nested reference (float64)."""
+SELF_CHECK_FLOOR = 1e-8
+"""An order's error is relative to max(its own largest |d_n|, this × the largest |d| of any
+order), so an order whose true value is zero (MSE of a linear output, n ≥ 3) is judged against
+rounding, not against itself."""
+
+
+class SelfCheckError(ValueError):
+    """A fast path disagreed with the nested reference on the model (float64, a few samples)."""
+
+    def __init__(self, model_class: str, path: str, order: int, error: float, loss: str) -> None:
+        self.model_class, self.path, self.order, self.relative_error = (
+            model_class, path, order, error,
+        )  # fmt: skip
+        super().__init__(
+            f"self-check failed: the {path} derivative path disagrees with the nested reference"
+            f" on {model_class} at order {order} (relative error {error:.3g} > "
+            f"{SELF_CHECK_RTOL:g}, float64, {loss}). Its numbers would be wrong: use"
+            " method='nested' (or 'auto', which falls back to it), and please report the model."
+        )
+
+
+class SelfCheckUnavailable(ValueError):
+    """The self-check could not run: the model cannot be deep-copied to float64."""
+
+
+@dataclass
+class _Check:
+    """What the self-check established for one (path, loss): orders 1..``passed`` agree;
+    ``failure`` (if any) is the first order that does not, and every request reaching it fails."""
+
+    passed: int = 0
+    failure: SelfCheckError | None = None
+
+
+@dataclass
+class _ModelEntry:
+    """Per model structure: the fast path's resolution and the self-checks run on it."""
+
+    choice: FastPath | Eligibility | None = None
+    checks: dict[tuple[str, str], _Check] = field(default_factory=dict)
+    warned: bool = False
+
+
+_PATH_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _ModelEntry]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The only process-global mutable state of this module: per model (weakly referenced, so it
+goes with the model), per structure signature (:func:`_structure_key`), the resolved fast path
+and the self-check outcomes. :func:`clear_path_cache` empties it."""
+
+
+def clear_path_cache(model: nn.Module | None = None) -> None:
+    """Forget resolved paths and self-check outcomes: of ``model``, or of every model (None).
+    Needed only after changing a model in a way its signature does not see (a module's
+    ``forward`` replaced in place, a flag read by ``forward``)."""
+    if model is None:
+        _PATH_CACHE.clear()
+    else:
+        _PATH_CACHE.pop(model, None)
+
+
+def _structure_key(model: nn.Module, inputs: torch.Tensor) -> tuple:
+    """What the resolution and the check depend on: module types and train/eval flags, the
+    parameters' identity, shape, dtype and device, and the inputs' per-sample shape, dtype and
+    device. Parameter values are not in it (training changes them; the paths' exactness does
+    not depend on them)."""
+    return (
+        tuple((type(m), m.training) for m in model.modules()),
+        tuple((id(p), p.shape, p.dtype, p.device) for p in model.parameters()),
+        inputs.shape[1:],
+        inputs.dtype,
+        inputs.device,
+    )
+
+
+def _model_entry(model: nn.Module, inputs: torch.Tensor) -> _ModelEntry:
+    per_model = _PATH_CACHE.get(model)
+    if per_model is None:
+        per_model = _PATH_CACHE[model] = {}
+    key = _structure_key(model, inputs)
+    entry = per_model.get(key)
+    if entry is None:
+        entry = per_model[key] = _ModelEntry()
+    return entry
+
+
+def self_check_errors(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor | None,
+    path: FastPath,
+    *,
+    max_order: int,
+    loss: Loss | None = None,
+    num_samples: int = SELF_CHECK_SAMPLES,
+) -> torch.Tensor:
+    """Relative error per order (``[max_order]``, float64) of ``path`` against the nested
+    reference on a float64 deep copy of ``model`` (same train/eval modes), on the first
+    ``num_samples`` inputs and one seeded direction. Both passes draw the same dropout masks;
+    the caller's random stream, the model's modes and buffers are untouched. ``labels`` None:
+    the class after the model's argmax (cross-entropy) or zeros (MSE).
+
+    Each order's error is ``max |fast − nested|`` over ``max(max |nested_n|, SELF_CHECK_FLOOR ×
+    max |nested|)``."""
+    probe = probe_batch(inputs, num_samples)
+    if not probe.dtype.is_floating_point:
+        raise ValueError(f"input derivatives need float inputs, got dtype {probe.dtype}")
+    try:
+        reference = copy.deepcopy(model).to(torch.float64)
+    except Exception as error:  # noqa: BLE001 - reported as what it means for the caller
+        raise SelfCheckUnavailable(
+            f"the self-check needs a float64 deep copy of {type(model).__name__}, which failed"
+            f" ({type(error).__name__}: {error}); pass self_check=False to skip the check, or"
+            " use method='nested'"
+        ) from error
+    x = probe.to(torch.float64)
+    generator = torch.Generator(device=x.device).manual_seed(SELF_CHECK_SEED)
+    direction = sample_unit_directions(1, x, generator=generator)
+    with torch.random.fork_rng(devices=rng_devices(x)):
+        torch.manual_seed(SELF_CHECK_SEED)
+        if labels is None:
+            with torch.no_grad(), math_attention(), isolated_buffers(reference):
+                outputs = as_logits(reference(x))
+            torch.manual_seed(SELF_CHECK_SEED)
+            loss = loss or "cross_entropy"
+            y = (
+                (outputs.argmax(dim=1) + 1) % outputs.shape[1]
+                if loss == "cross_entropy"
+                else torch.zeros_like(outputs)
+            )
+        else:
+            y = probe_batch(labels, num_samples)
+            y = y.to(torch.float64) if y.dtype.is_floating_point else y
+        with torch.no_grad():
+            fast, _ = fast_directional_derivatives(
+                reference, x, y, direction, max_order=max_order, path=path, loss=loss
+            )
+        torch.manual_seed(SELF_CHECK_SEED)
+        nested = nested_directional_derivatives(
+            reference, x, y, direction, max_order=max_order, loss=loss
+        )
+    largest = nested.abs().flatten(1).amax(dim=1)
+    scale = largest.clamp_min(SELF_CHECK_FLOOR * float(largest.max())).clamp_min(1e-300)
+    return (fast - nested).abs().flatten(1).amax(dim=1) / scale
+
+
+def _run_check(
+    entry: _ModelEntry, model, inputs, labels, path: FastPath, max_order: int, loss: Loss
+) -> SelfCheckError | None:
+    check = entry.checks.setdefault((path, loss), _Check())
+    if check.failure is not None and max_order >= check.failure.order:
+        return check.failure
+    if max_order <= check.passed:
+        return None
+    errors = self_check_errors(model, inputs, labels, path, max_order=max_order, loss=loss)
+    bad = [n for n in range(max_order) if not float(errors[n]) <= SELF_CHECK_RTOL]  # NaN is bad
+    if not bad:
+        check.passed = max_order
+        return None
+    order = bad[0] + 1
+    check.passed = order - 1
+    check.failure = SelfCheckError(type(model).__name__, path, order, float(errors[bad[0]]),
+                                   loss)  # fmt: skip
+    return check.failure
+
+
+def resolve_path(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    method: Method | FastPath,
+    *,
+    max_order: int | None = None,
+    labels: torch.Tensor | None = None,
+    loss: Loss | None = None,
+    self_check: bool = True,
+) -> ResolvedPath:
+    """The path ``method`` means for this model in its current modes: ``"linear"`` (cumulants)
+    or ``"taylor"`` for ``fast``/``auto`` when exact, ``"nested"`` otherwise; ``"fast"`` on a
+    model with an op without a rule is an error naming the op. ``method`` may also name a fast
+    path (``"linear"``/``"taylor"``) to have it checked.
+
+    Self-check before use (``self_check``, with ``max_order`` given): the first time a model
+    meets a fast path at an order, the path is compared with the nested reference in float64 on
+    :data:`SELF_CHECK_SAMPLES` samples of ``example_inputs`` (see :func:`self_check_errors`). A
+    mismatch raises :class:`SelfCheckError` naming the model class, order and relative error
+    (:class:`SelfCheckUnavailable` when the model cannot be deep-copied to float64); under
+    ``"auto"`` it warns once and resolves to ``"nested"`` instead. The resolution and the
+    outcome are cached per model and structure (:data:`_PATH_CACHE`), so later calls cost a
+    signature and a dictionary look-up."""
+    if method not in ("auto", "fast", "nested", "linear", "taylor"):
+        raise ValueError(f"method must be 'auto', 'fast' or 'nested', got {method!r}")
+    if method == "nested":
+        return "nested"
+    entry = _model_entry(model, example_inputs)
+    if method in ("linear", "taylor"):
+        path: FastPath = method
+    else:
+        if entry.choice is None:
+            entry.choice = choose_fast_path(model, example_inputs)
+        if isinstance(entry.choice, Eligibility):
+            if method == "fast":
+                raise ValueError(
+                    f"the fast derivative path is not exact here: {entry.choice.reason}"
+                )
+            return "nested"
+        path = entry.choice
+    if not self_check or max_order is None:
+        return path
+    loss = resolve_loss(loss, labels) if labels is not None else (loss or "cross_entropy")
+    try:
+        failure = _run_check(entry, model, example_inputs, labels, path, max_order, loss)
+    except SelfCheckUnavailable as error:
+        if method != "auto":
+            raise
+        failure = error  # not cached: the model may become copyable
+    if failure is None:
+        return path
+    if method != "auto":
+        raise failure
+    if not entry.warned:
+        entry.warned = True
+        warnings.warn(f"{failure} Falling back to the nested reference.", RuntimeWarning,
+                      stacklevel=3)  # fmt: skip
+    return "nested"
+
+
+def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
+    """``"fast"`` or ``"nested"`` for this model (in its current mode): fast when it is
+    piecewise linear or every op has a Taylor-mode rule; ``"fast"`` on a model with an op
+    without a rule is an error naming the op. Check once, then call the paths directly."""
+    return "nested" if resolve_path(model, example_inputs, method) == "nested" else "fast"
 
 
 # --- dispatcher --------------------------------------------------------------------------------
@@ -357,77 +695,59 @@ def directional_derivatives(
     max_order: int,
     method: Method = "auto",
     create_graph: bool = False,
+    loss: Loss | None = None,
+    self_check: bool = True,
 ) -> DirectionalDerivatives:
     """Directional loss derivatives by the exact fast path (cumulant or Taylor mode) when the
     model allows it, else the nested reference.
 
-    ``method="fast"`` raises ``ValueError`` naming the op when an op has no Taylor-mode rule;
-    ``"auto"`` falls back to the nested reference only then.
+    ``loss``: None infers it from ``labels`` (integer class labels → cross-entropy, float
+    targets of the outputs' shape → per-sample MSE); see :func:`resolve_loss`. Every method
+    uses it. ``method="fast"`` raises ``ValueError`` naming the op when an op has no Taylor-mode
+    rule; ``"auto"`` falls back to the nested reference then. ``self_check`` (default on): the
+    first call on a model checks the fast path against the reference in float64
+    (:func:`resolve_path`); a mismatch raises :class:`SelfCheckError` (``"fast"``) or falls back
+    to nested with a warning (``"auto"``). Later calls reuse the cached outcome.
     """
     if method not in ("auto", "fast", "nested"):
         raise ValueError(f"method must be 'auto', 'fast' or 'nested', got {method!r}")
-    path: FastPath | None = None
-    if method != "nested":
-        choice = choose_fast_path(model, inputs)
-        if isinstance(choice, Eligibility):
-            if method == "fast":
-                raise ValueError(f"the fast derivative path is not exact here: {choice.reason}")
-        else:
-            path = choice
-    if path is not None:
+    _check_shapes(inputs, labels, directions, max_order)
+    loss = resolve_loss(loss, labels)
+    path = resolve_path(
+        model, inputs, method, max_order=max_order, labels=labels, loss=loss,
+        self_check=self_check,
+    )  # fmt: skip
+    if path != "nested":
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             values, logits = fast_directional_derivatives(
-                model, inputs, labels, directions, max_order=max_order, path=path
+                model, inputs, labels, directions, max_order=max_order, path=path, loss=loss
             )
         return DirectionalDerivatives(values, "fast", logits, path)
     values = nested_directional_derivatives(
-        model, inputs, labels, directions, max_order=max_order, create_graph=create_graph
-    )
+        model, inputs, labels, directions, max_order=max_order, create_graph=create_graph,
+        loss=loss,
+    )  # fmt: skip
     return DirectionalDerivatives(values, "nested")
 
 
-def resolve_path(
-    model: nn.Module, example_inputs: torch.Tensor, method: Method
-) -> Literal["linear", "taylor", "nested"]:
-    """The path ``method`` means for this model (in its current mode): ``"linear"`` (cumulants)
-    or ``"taylor"`` for ``fast``/``auto`` when exact, ``"nested"`` otherwise; ``"fast"`` on a
-    model with an op without a rule is an error naming the op."""
-    if method not in ("auto", "fast", "nested"):
-        raise ValueError(f"method must be 'auto', 'fast' or 'nested', got {method!r}")
-    if method == "nested":
-        return "nested"
-    choice = choose_fast_path(model, example_inputs)
-    if not isinstance(choice, Eligibility):
-        return choice
-    if method == "fast":
-        raise ValueError(f"the fast derivative path is not exact here: {choice.reason}")
-    return "nested"
-
-
-def resolve_method(model: nn.Module, example_inputs: torch.Tensor, method: Method) -> str:
-    """``"fast"`` or ``"nested"`` for this model (in its current mode): fast when it is
-    piecewise linear or every op has a Taylor-mode rule; ``"fast"`` on a model with an op
-    without a rule is an error naming the op. Check once, then call the paths directly."""
-    return "nested" if resolve_path(model, example_inputs, method) == "nested" else "fast"
-
-
 def derivatives_by_path(
-    path: Literal["linear", "taylor", "nested"],
+    path: ResolvedPath,
     model: nn.Module,
     inputs: torch.Tensor,
     labels: torch.Tensor,
     directions: torch.Tensor,
     *,
     max_order: int,
+    loss: Loss = "cross_entropy",
 ) -> torch.Tensor:
     """``d`` ``[max_order, K, B]`` (no graph) by a path chosen with :func:`resolve_path`."""
     if path == "nested":
         return nested_directional_derivatives(
-            model, inputs, labels, directions, max_order=max_order
+            model, inputs, labels, directions, max_order=max_order, loss=loss
         )
     with torch.no_grad():
         values, _ = fast_directional_derivatives(
-            model, inputs, labels, directions, max_order=max_order, path=path
+            model, inputs, labels, directions, max_order=max_order, path=path, loss=loss
         )
     return values
 
@@ -453,6 +773,7 @@ def class_selective_loss(
     num_directions: int,
     method: Literal["fast", "nested", "linear", "taylor"],
     generator: torch.Generator | None = None,
+    self_check: bool = True,
 ) -> PenalizedLoss:
     """The notebook's training loss: mean cross-entropy on the batch plus
     ``scale × mean |d_n|`` over orders 1..max_order, ``num_directions`` random unit directions
@@ -463,14 +784,17 @@ def class_selective_loss(
     sample penalized, one forward pass serves both terms (shared dropout mask); otherwise the
     cross-entropy has its own forward pass.
 
-    ``method``: ``"fast"`` picks the cumulant or Taylor path per call (a two-sample trace);
-    ``"linear"`` / ``"taylor"`` (from :func:`resolve_path`) skip that check. BatchNorm: the
+    ``method``: ``"fast"`` picks the cumulant or Taylor path, ``"linear"`` / ``"taylor"`` (from
+    :func:`resolve_path`) name it; either way the path is resolved and self-checked against the
+    nested reference once per model (train mode, orders 1..max_order; :func:`resolve_path`,
+    cached), so later steps pay a look-up. A mismatch raises :class:`SelfCheckError`;
+    ``self_check=False`` skips the check. BatchNorm: the
     penalty's passes never update running statistics, and train-mode batch statistics are
     those of the step's forward, held constant along the directions (docs/derivatives.md).
     """
     zero = inputs.new_zeros(())
     if (target_classes is not None and len(target_classes) == 0) or scale == 0:
-        ce = F.cross_entropy(model(inputs), labels)
+        ce = F.cross_entropy(as_logits(model(inputs)), labels)
         return PenalizedLoss(ce, ce, zero, 0)
     if target_classes is None:
         selected = None
@@ -479,7 +803,7 @@ def class_selective_loss(
         mask = torch.isin(labels, targets)
         selected = None if bool(mask.all()) else torch.nonzero(mask).flatten()
     if selected is not None and selected.numel() == 0:
-        ce = F.cross_entropy(model(inputs), labels)
+        ce = F.cross_entropy(as_logits(model(inputs)), labels)
         return PenalizedLoss(ce, ce, zero, 0)
     was_training = model.training
     model.train()
@@ -488,14 +812,14 @@ def class_selective_loss(
         y = labels if selected is None else labels[selected]
         directions = sample_unit_directions(num_directions, x, generator=generator)
         fast_kwargs = dict(max_order=max_order)
-        if method == "fast":
-            fast_kwargs["path"] = (
-                "linear" if check_piecewise_linear(model, x).eligible else "taylor"
-            )
-        elif method in ("linear", "taylor"):
-            fast_kwargs["path"], method = method, "fast"
-        elif method != "nested":
+        if method not in ("fast", "nested", "linear", "taylor"):
             raise ValueError(f"method must be fast, nested, linear or taylor, got {method!r}")
+        if method != "nested":
+            fast_kwargs["path"] = resolve_path(
+                model, x, method, max_order=max_order, labels=y, loss="cross_entropy",
+                self_check=self_check,
+            )  # fmt: skip
+            method = "fast"
         if method == "fast" and selected is None:
             # one forward pass is both the step's forward (its buffer updates are the step's
             # own) and the penalty's
@@ -506,13 +830,13 @@ def class_selective_loss(
             # the step's forward first: its batch statistics are those the penalty holds fixed
             statistics = BatchStatistics()
             with statistics.capturing():
-                ce_logits = model(inputs)
+                ce_logits = as_logits(model(inputs))
             values = _penalty_derivatives(model, x, y, directions, method, statistics, fast_kwargs)
         else:  # penalty passes first, then the step's forward (the notebook's dropout order)
             values = _penalty_derivatives(
                 model, x, y, directions, method, BatchStatistics(), fast_kwargs
             )
-            ce_logits = model(inputs)
+            ce_logits = as_logits(model(inputs))
     finally:
         model.train(was_training)
     ce = F.cross_entropy(ce_logits, labels)
@@ -651,7 +975,9 @@ def predict_probabilities(model: nn.Module, inputs: torch.Tensor, *, batch_size:
     was_training = model.training
     model.eval()
     try:
-        parts = [torch.softmax(model(chunk), dim=1) for chunk in inputs.split(batch_size)]
+        parts = [
+            torch.softmax(as_logits(model(chunk)), dim=1) for chunk in inputs.split(batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(parts)
@@ -673,6 +999,7 @@ def measure_lambda(
     generator: torch.Generator | None = None,
     probs: torch.Tensor | None = None,
     boundary: Literal["notebook", "pairwise"] = "notebook",
+    self_check: bool = True,
 ) -> LambdaMeasurement:
     """λ at the decision boundary of ``classes`` (eval mode), as in the notebook: boundary points
     by top probability (and ``boundary``'s rule, see :func:`boundary_point_indices`),
@@ -680,7 +1007,7 @@ def measure_lambda(
     order over all (point, direction), and the least-squares slope in n.
 
     ``generator`` drives both the subsampling and the directions; ``probs`` may be passed when
-    already computed for the same model and inputs.
+    already computed for the same model and inputs. ``self_check``: see :func:`resolve_path`.
     """
     was_training = model.training
     model.eval()
@@ -700,7 +1027,10 @@ def measure_lambda(
         if num_points < min_points:
             return LambdaMeasurement(tuple(classes), num_points, None, method)
         chunks = []
-        path = resolve_path(model, inputs[chosen], method)  # checked once, not per batch
+        path = resolve_path(  # resolved and self-checked once per model, not per batch
+            model, inputs[chosen], method, max_order=max_order, labels=labels[chosen],
+            loss="cross_entropy", self_check=self_check,
+        )  # fmt: skip
         for batch in chosen.split(batch_size):
             x, y = inputs[batch], labels[batch]
             directions = sample_unit_directions(num_directions, x, generator=generator)

@@ -114,6 +114,11 @@ class Config(ExperimentConfig):
     )
     bootstrap_samples: int = Field(10_000, ge=100, le=1_000_000)
     gate_points: int = Field(8, ge=1, le=256, description="test points of the fast-vs-nested gate")
+    self_check: bool = Field(
+        True,
+        description="check the fast derivative path against the nested reference (float64) once "
+        "per model before use, and gate the initial model before any training",
+    )
 
     @field_validator("conditions", mode="before")
     @classmethod
@@ -211,7 +216,11 @@ def train_model(
     model = build_model(config, seed=seed, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
-    path = deriv.resolve_path(model, data.train_images[:1], config.derivative_method)
+    # resolved and self-checked (train mode, the penalty's orders) before the first step
+    path = deriv.resolve_path(
+        model, data.train_images[:2], config.derivative_method, max_order=config.reg_max_order,
+        labels=data.train_labels[:2], self_check=config.self_check,
+    )  # fmt: skip
     method = "nested" if path == "nested" else "fast"  # linear (cumulants) or Taylor mode
     direction_generator = torch.Generator(device=device).manual_seed(10_000 + seed)
 
@@ -219,7 +228,7 @@ def train_model(
         return deriv.class_selective_loss(
             model, images, labels, target_classes=condition.targets, scale=config.reg_scale,
             max_order=config.reg_max_order, num_directions=config.reg_directions,
-            method=path, generator=direction_generator,
+            method=path, generator=direction_generator, self_check=config.self_check,
         )  # fmt: skip
 
     def log_epoch(row):
@@ -294,7 +303,7 @@ def measure_pairs(model, data: MNISTTensors, config: Config, *, seed: int, devic
             min_points=config.min_points, batch_size=config.lambda_batch_size,
             method=config.derivative_method, boundary=config.boundary,
             generator=measurement_generator(config.measurement_seed, seed, pair, device),
-            probs=probs,
+            probs=probs, self_check=config.self_check,
         ))
         for pair in config.pairs
     ]  # fmt: skip
@@ -312,27 +321,51 @@ def fit_rows(condition: Condition, seed: int, measurements) -> list[dict[str, An
     ]  # fmt: skip
 
 
-def fast_path_gate(model, data: MNISTTensors, config: Config, scope: str) -> GateResult:
-    """Fast vs nested derivatives on a float64 copy of a trained model (eval mode), compared
-    order by order relative to each order's largest value (orders differ by many decades)."""
-    name = "fast_derivatives_match_nested"
+def fast_path_gate(
+    model, data: MNISTTensors, config: Config, scope: str,
+    name: str = "fast_derivatives_match_nested",
+) -> GateResult:  # fmt: skip
+    """Fast vs nested derivatives on a float64 copy of a model (eval mode), compared order by
+    order relative to each order's largest value (orders differ by many decades)."""
     points = data.test_images[: config.gate_points].double()
     labels = data.test_labels[: config.gate_points]
     reference_model = copy.deepcopy(model).double().eval()
-    if deriv.resolve_method(reference_model, points, config.derivative_method) != "fast":
+    path = deriv.resolve_path(reference_model, points, config.derivative_method)
+    if path == "nested":
         return GateResult(name, True, "skipped: nested reference in use", "")
     generator = torch.Generator(device=points.device).manual_seed(config.measurement_seed)
     directions = deriv.sample_unit_directions(2, points, generator=generator)
     order = config.lambda_max_order
     with torch.no_grad():
         fast, _ = deriv.fast_directional_derivatives(
-            reference_model, points, labels, directions, max_order=order
+            reference_model, points, labels, directions, max_order=order, path=path
         )
     nested = deriv.nested_directional_derivatives(
         reference_model, points, labels, directions, max_order=order
     )
     scale = nested.abs().flatten(1).amax(dim=1).clamp_min(1e-300).view(-1, 1, 1)
     return allclose_gate(fast / scale, nested / scale, name=name, scope=scope, rel_tol=1e-9)
+
+
+INITIAL_GATE = "fast_derivatives_match_nested_before_training"
+
+
+def initial_gate(config: Config, data: MNISTTensors, ctx: RunContext) -> GateResult:
+    """The fast-vs-nested gate on the first job's initial (untrained) model, before any
+    training: a fast path that is wrong for this model fails the run now, not after all the
+    training has run with a wrong penalty. Raises ``ValueError`` when it fails."""
+    seed = config.seeds[0]
+    model = build_model(config, seed=seed, device=ctx.device)
+    gate = fast_path_gate(model, data, config, scope=f"initial model seed {seed}",
+                          name=INITIAL_GATE)  # fmt: skip
+    if not gate.passed:
+        raise ValueError(
+            f"the fast derivative path disagrees with the nested reference on the initial "
+            f"{config.model} model, before training ({gate.message}); set "
+            "derivative_method=nested, or report the model"
+        )
+    ctx.log.info("fast derivative path checked on the initial model: %s", gate.message)
+    return gate
 
 
 # --- statistics over seeds ---------------------------------------------------------------------
@@ -410,12 +443,13 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         data.test_labels.numel(),
     )  # fmt: skip
     jobs = [(condition, seed) for condition in config.conditions for seed in config.seeds]
-    model_rows, history_rows, fit_table, gates, checkpoints = [], [], [], [], {}
+    gates = [initial_gate(config, data, ctx)] if config.self_check else []
+    model_rows, history_rows, fit_table, checkpoints = [], [], [], {}
     for condition, seed in ctx.progress(jobs, total=len(jobs), description="models"):
         model, record, checkpoint = trained_model(config, condition, seed, data, ctx)
         checkpoints[f"{condition.label}_seed{seed}"] = str(checkpoint.relative_to(ctx.out_dir))
         measurements = measure_pairs(model, data, config, seed=seed, device=ctx.device)
-        if not gates:  # the engine check once per run, on the first trained model
+        if len(gates) < 1 + config.self_check:  # once per run, on the first trained model
             gates.append(
                 fast_path_gate(model, data, config, scope=f"{condition.label} seed {seed}")
             )
