@@ -435,3 +435,43 @@ def test_attention_like_model_with_softmax_log_softmax_rsub_and_where():
     fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
     reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
     assert_close(fast, reference)
+
+
+class JoinedConstant(nn.Module):
+    """A learned (or buffer) constant joined to input-dependent tokens: the CLS-token pattern of
+    ViT/BERT, by ``cat`` or ``stack`` (issue 17, item 1: every coefficient got the constant's
+    value instead of zeros)."""
+
+    def __init__(self, join: str, buffer: bool = False) -> None:
+        super().__init__()
+        self.join = join
+        self.embed, self.out = nn.Linear(2, 4), nn.Linear(4, 3)
+        token = torch.randn(1, 1, 4)
+        if buffer:
+            self.register_buffer("cls", token)
+        else:
+            self.cls = nn.Parameter(token)
+
+    def forward(self, x):
+        tokens = self.embed(x.reshape(x.shape[0], 5, 2))
+        cls = self.cls.expand(x.shape[0], 1, 4)
+        if self.join == "cat":
+            tokens = torch.cat([cls, tokens], dim=1)
+        else:  # stack along a new axis, then flatten it into the token axis
+            tokens = torch.stack([cls.expand(-1, 5, -1), tokens], dim=1).flatten(1, 2)
+        mixed = torch.tanh(tokens).mean(dim=1) * tokens[:, 0]
+        return self.out(mixed)
+
+
+@pytest.mark.parametrize("join", ["cat", "stack"])
+@pytest.mark.parametrize("buffer", [False, True], ids=["parameter", "buffer"])
+def test_constant_joined_to_the_input_enters_only_the_primal(join, buffer):
+    model, inputs, labels, u = case(JoinedConstant(join, buffer), seed=15)
+    with torch.no_grad():
+        model.cls.mul_(3.0)  # far from zero: the bug scaled with the constant
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=4, method="fast")
+    assert result.path == "taylor"
+    assert_close(result.values, reference)

@@ -516,11 +516,27 @@ def rule(*names: str):
     return register
 
 
-def _structural(ctx: _Context):
+def _is_floating(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+def _structural(ctx: _Context, *, zero_constants: bool = False):
     """A linear op with no constant part: apply it to every coefficient (all orders and
-    directions at once, through vmap). Tracked args of lower degree count as zero there."""
+    directions at once, through vmap). Tracked args of lower degree count as zero there.
+
+    ``zero_constants``: the op is linear *jointly* in all its floating-point tensor arguments
+    (``cat``, ``stack``, ``index_put``, ...), so an untracked floating argument (a learned
+    CLS token, a buffer) is part of h₀ only and enters every coefficient as zeros. Without it
+    untracked arguments keep their values (the weight of a convolution, the constant factor
+    of a matmul). Integer and boolean tensors (indices, masks) always keep their values."""
     leaves, spec = tree_flatten((ctx.entry.args, ctx.entry.kwargs))
+    if zero_constants:
+        leaves = [
+            torch.zeros_like(v) if _is_floating(v) and ctx.series(v) is None else v for v in leaves
+        ]
     positions = [i for i, v in enumerate(leaves) if ctx.series(v) is not None]
+    if not positions:  # tracked, but every tracked argument is constant in t (detached)
+        return None
     series = [ctx.series(leaves[i]) for i in positions]
     degree = max(len(c) for c in series)
 
@@ -553,7 +569,16 @@ STRUCTURAL_OPS = (  # also listed in _PRIMAL_FREE below
     "pixel_shuffle", "narrow", "movedim", "diagonal", "tril", "triu", "unflatten", "as_strided",
     "_reshape_alias", "lift_fresh",
 )  # fmt: skip
-rule(*STRUCTURAL_OPS)(_structural)
+
+
+@rule(*STRUCTURAL_OPS)
+def _joint_linear(ctx: _Context):
+    """Ops linear in all their floating tensor arguments jointly: constants are zeros in h_k."""
+    if not any(_is_floating(t) for t in _tensor_leaves(ctx.out)):
+        return None  # e.g. a cast to an integer dtype: constant, as autograd has it
+    return _structural(ctx, zero_constants=True)
+
+
 _PRIMAL_FREE = _PRIMAL_FREE | frozenset(STRUCTURAL_OPS)
 
 
