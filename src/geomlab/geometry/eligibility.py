@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from geomlab.geometry.attention import math_attention
+
 # Ops whose output does not depend on the *values* of their tensor arguments.
 _VALUE_FREE_OPS = frozenset(
     {
@@ -91,6 +93,16 @@ _AFFINE_OPS = frozenset(
         "native_dropout",
         "_native_batch_norm_legit_no_training",
         "_batch_norm_no_update",
+        # writes at constant indices / under a constant mask, and selection by a constant
+        # condition: affine jointly in self and the source (a scatter with a reduction is not)
+        "where",
+        "masked_fill",
+        "masked_scatter",
+        "index_put",
+        "index_copy",
+        "index_add",
+        "index_fill",
+        "scatter_add",
     }
 )
 # Batch-norm ops whose ``training`` flag is the positional argument at this index: affine
@@ -217,6 +229,9 @@ class _InputDependenceTracer(TorchDispatchMode):
         elif name == "div":
             if len(args) > 1 and self.is_tracked(args[1]):
                 self.offending.append("div (input-dependent denominator)")
+        elif name == "scatter":
+            if len(args) > 4 or "reduce" in kwargs:
+                self.offending.append("scatter (with a reduction)")
         elif name in _BATCH_NORM_TRAINING_ARG:
             index = _BATCH_NORM_TRAINING_ARG[name]
             training = args[index] if index < len(args) else kwargs.get("training", False)
@@ -262,6 +277,7 @@ def check_piecewise_linear(model: nn.Module, example_inputs: torch.Tensor) -> El
     tracer = _InputDependenceTracer(probe)
     try:
         with (
+            math_attention(),  # the ops geometry's passes see (not torch's fused attention)
             torch.random.fork_rng(devices=rng_devices(probe)),
             torch.no_grad(),
             preserved_buffers(model),

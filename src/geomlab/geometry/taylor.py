@@ -47,12 +47,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from geomlab.geometry.attention import math_attention
 from geomlab.geometry.eligibility import (
     PIECEWISE_CONSTANT_OPS,
     op_name,
     storage_key,
     written_arguments,
 )
+from geomlab.geometry.outputs import as_logits
 
 Loss = Literal["cross_entropy", "mse"]
 Coefficients = list[torch.Tensor]  # [h_1, ..., h_d], each [K, *h₀.shape]; d ≤ max order
@@ -430,13 +432,18 @@ class TaylorRecorder(TorchDispatchMode):
 _BILINEAR = frozenset({"mul", "div", "mm", "bmm", "matmul", "addmm"})
 _PRIMAL_FREE = frozenset(  # linear rules: they never read an input-dependent primal
     {*("add", "sub", "copy", "detach", "fill", "zero", "convolution", "_convolution",
+       "index_put", "index_copy", "index_add", "scatter_add", "masked_scatter", "masked_fill",
+       "index_fill", "scatter",
        "constant_pad_nd", "native_dropout")}
 )  # fmt: skip
 # rules that read the op's primal output (so it must not change in place afterwards)
 _READS_OUTPUT = frozenset({"tanh", "sigmoid", "exp", "native_dropout", "max_pool1d_with_indices",
+                           "_softmax", "_safe_softmax",
                            "max_pool2d_with_indices", "max_pool3d_with_indices"})  # fmt: skip
 # in place, the rule reads only the series and post-op values that determine the same result
 _INPLACE_SAFE = frozenset({"relu", "leaky_relu", "hardtanh", "add", "sub", "mul", "div", "copy",
+                           "index_put", "index_copy", "index_add", "scatter_add", "masked_scatter",
+                           "masked_fill", "index_fill", "scatter",
                            "fill", "zero", "native_dropout"})  # fmt: skip
 _BATCH_NORM_RULES = frozenset({"native_batch_norm", "_native_batch_norm_legit", "cudnn_batch_norm",
                                "miopen_batch_norm"})  # fmt: skip
@@ -545,7 +552,13 @@ def _structural(ctx: _Context, *, zero_constants: bool = False):
         for i, value in zip(positions, batched, strict=True):
             current[i] = value
         args, kwargs = tree_unflatten(current, spec)
-        return ctx.entry.func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    func = ctx.entry.func
+    if written_arguments(func, *tree_unflatten(leaves, spec)):
+        # an in-place op (index_put_, masked_fill_): its out-of-place twin, so that no
+        # coefficient another tensor still uses is overwritten
+        func = getattr(getattr(torch.ops.aten, ctx.entry.name), func._overloadname)
 
     batched_apply = torch.func.vmap(apply)
     per_order = []
@@ -712,9 +725,11 @@ def _log_softmax(ctx: _Context):  # log_softmax(x)(t) = log p + δ − log E_p[e
     return [d - m for d, m in zip(_padded(delta, ctx.order), log_m, strict=True)]
 
 
-@rule("_softmax")
+@rule("_softmax", "_safe_softmax")
 def _softmax(ctx: _Context):  # softmax(x)(t) = p · exp(δ − log E_p[exp δ])
-    probs = torch.softmax(ctx.arg(0), dim=ctx.arg(1))
+    # p is the op's own output: for ``_safe_softmax`` (SDPA's math form) a row masked entirely
+    # with −inf is zero there, and so are all its coefficients (its moments are 0, log m = 0)
+    probs = ctx.out
     delta, log_m = _log_normalizer(ctx, probs)
     shift = [d - m for d, m in zip(_padded(delta, ctx.order), log_m, strict=True)]
     exp_shift = compose([1.0 / math.factorial(j) for j in range(1, ctx.order + 1)], shift,
@@ -766,20 +781,34 @@ def _bilinear_cauchy(product, a0, sa, b0, sb, order):
     return out
 
 
-@rule("addmm")
-def _addmm(ctx: _Context):  # beta * bias + alpha * (m1 @ m2)
-    if ctx.series(ctx.arg(0)) is not None:
-        raise UnsupportedOperation("addmm", "input-dependent bias")
-    m1, m2 = ctx.arg(1), ctx.arg(2)
-    alpha = ctx.arg(4, "alpha", 1)
+@rule("addmm", "baddbmm")
+def _addmm(ctx: _Context):  # beta * bias + alpha * (m1 @ m2); baddbmm batched
+    bias, m1, m2 = ctx.arg(0), ctx.arg(1), ctx.arg(2)
+    beta, alpha = ctx.arg(3, "beta", 1), ctx.arg(4, "alpha", 1)
+    product = torch.mm if ctx.entry.name == "addmm" else torch.bmm
     s1, s2 = ctx.series(m1), ctx.series(m2)
     if s1 is not None and s2 is not None:
-        result = _bilinear_cauchy(torch.mm, m1, s1, m2, s2, ctx.order)
+        result = _bilinear_cauchy(product, m1, s1, m2, s2, ctx.order)
     elif s1 is not None:
-        result = [c @ m2 for c in s1]  # [K, B, in] @ [in, out]
+        result = [torch.func.vmap(lambda c: product(c, m2))(c) for c in s1]
+    elif s2 is not None:
+        result = [torch.func.vmap(lambda c: product(m1, c))(c) for c in s2]
     else:
-        result = [torch.func.vmap(lambda c: m1 @ c)(c) for c in s2]
-    return [alpha * c for c in result] if alpha != 1 else result
+        result = []
+    result = [alpha * c for c in result] if alpha != 1 else result
+    sb = ctx.series(bias) if beta != 0 else None  # beta = 0 ignores the bias (even NaN)
+    if sb:
+        ndim = ctx.out.dim() + 1
+        result = [
+            _expand_to(
+                _broadcast_add(result[k], beta * sb[k])
+                if k < len(result) and k < len(sb)
+                else (result[k] if k < len(result) else _lift(beta * sb[k], ndim)),
+                ctx.out,
+            )
+            for k in range(max(len(result), len(sb)))
+        ]
+    return result or None
 
 
 @rule("convolution", "_convolution")
@@ -790,6 +819,31 @@ def _convolution(ctx: _Context):
     args[2] = None
     entry = _Entry(ctx.entry.func, ctx.entry.name, tuple(args), ctx.entry.kwargs, ctx.out, [])
     return _structural(_Context(entry, ctx.order, ctx.table))
+
+
+@rule("index_put", "index_copy", "index_add", "scatter_add", "masked_scatter")
+def _joint_write(ctx: _Context):
+    """Ops that place (or add) a source into a copy of ``self`` at integer indices or a boolean
+    mask: linear jointly in self and the source, so a constant source or self enters as zeros
+    (an index_put of a buffer into the input's tokens, a fresh ``zeros`` written in place)."""
+    return _structural(ctx, zero_constants=True)
+
+
+@rule("masked_fill", "index_fill", "scatter")
+def _fill_value(ctx: _Context):
+    """``masked_fill(self, mask, value)``, ``index_fill(self, dim, index, value)``,
+    ``scatter(self, dim, index, src | value)``: the filled positions hold the value's series
+    (zeros for a constant value, e.g. −inf in an attention mask), the rest self's."""
+    if ctx.arg(4, "reduce") is not None:
+        raise UnsupportedOperation(ctx.entry.name, "with a reduction")
+    args, func = list(ctx.entry.args), ctx.entry.func
+    value_index = 2 if ctx.entry.name == "masked_fill" else 3
+    if not isinstance(args[value_index], torch.Tensor):
+        args[value_index] = 0.0  # a number: constant along t
+    elif ctx.entry.name == "masked_fill" and ctx.series(args[value_index]) is None:
+        args[value_index], func = 0.0, torch.ops.aten.masked_fill.Scalar  # (vmap has a rule)
+    entry = _Entry(func, ctx.entry.name, tuple(args), ctx.entry.kwargs, ctx.out, [])
+    return _structural(_Context(entry, ctx.order, ctx.table), zero_constants=True)
 
 
 @rule("constant_pad_nd")
@@ -1074,11 +1128,11 @@ def taylor_forward(
     (``[K, *outputs.shape]`` per order; ``d`` ≤ ``max_order`` is the output's degree in t)."""
     x = inputs.detach() if not inputs.requires_grad else inputs
     recorder = TaylorRecorder(x)
-    with recorder:
+    # attention's fused kernels (MHA fast path, flash SDPA) have no rule; their math forms do
+    with math_attention(), recorder:
         outputs = model(x)
     recorder.settle()
-    if not isinstance(outputs, torch.Tensor):
-        raise UnsupportedOperation("model output", "the model must return one tensor")
+    outputs = as_logits(outputs)  # a tensor, or an HF-style output's .logits; else refused
     table = replay(recorder, x, directions, max_order)
     coefficients = table.get(id(outputs))
     if isinstance(coefficients, _Poison):
