@@ -671,3 +671,39 @@ def test_jointly_affine_writes_keep_a_relu_net_on_the_cumulant_path():
     reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
     assert_close(fast, reference)
     assert_close(taylor, reference)
+
+
+class FuzzFound(nn.Module):
+    """Models the differential fuzzer (tests/fuzz) refused or broke before their fixes."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc, self.out = nn.Linear(10, 8), nn.Linear(8, 3)
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.fc2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x.flatten(1))
+        if self.kind == "view_after_in_place":  # a view's version is its base's, read late
+            h = F.relu(h.clone(), inplace=True)[:, 1:]
+            return self.out(torch.cat([h, h[:, :1]], dim=1).reshape(-1, 2, 4).flatten(1))
+        if self.kind == "view_of_strided_coefficient":  # a linear layer after attention
+            t = h.reshape(-1, 2, 4)
+            t = self.fc2(t + self.mha(t, t, t, need_weights=False)[0])
+            return self.out(torch.tanh(t).flatten(1))
+        if self.kind == "as_strided":  # a transposed input's memory read back as rows
+            t = torch.tanh(h).reshape(-1, 2, 4).transpose(1, 2)
+            return self.out(t.as_strided((t.shape[0], 8), (8, 1)) * t.flatten(1))
+        raise AssertionError(self.kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["view_after_in_place", "view_of_strided_coefficient", "as_strided"]
+)
+def test_models_the_fuzzer_found(kind):
+    model, inputs, labels, u = case(FuzzFound(kind), seed=21)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    with math_attention():
+        reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)

@@ -84,6 +84,7 @@ _AFFINE_OPS = frozenset(
         "split_with_sizes",
         "unbind",
         "index_select",
+        "index",
         "_to_copy",
         "constant_pad_nd",
         "fill",
@@ -141,6 +142,7 @@ _PIECEWISE_LINEAR_OPS = frozenset(
         "abs",
         "clamp_min",
         "clamp_max",
+        "clamp",
     }
 )
 

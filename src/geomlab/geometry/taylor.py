@@ -341,6 +341,7 @@ class TaylorRecorder(TorchDispatchMode):
         # tensors written in place by the last op: autograd bumps their version counter only
         # after the op returns, so their versions are read at the next op (or at the end)
         self._refresh: list[tuple[_Entry, torch.Tensor]] = []
+        self._fresh: list[tuple[_Entry | None, torch.Tensor]] = []
 
     def is_tracked(self, value: object) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self._tracked
@@ -353,6 +354,11 @@ class TaylorRecorder(TorchDispatchMode):
             if id(tensor) in self._tracked:
                 self._versions[id(tensor)] = tensor._version
         self._refresh = []
+        for entry, tensor in self._fresh:
+            if entry is not None:
+                entry.versions.append((tensor, tensor._version))
+            self._versions[id(tensor)] = tensor._version
+        self._fresh = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -400,11 +406,12 @@ class TaylorRecorder(TorchDispatchMode):
             if key != 0 and tensor is not out:
                 self._written_storages.add(key)  # e.g. running statistics: never read back
         outputs = [t for t in _tensor_leaves(out) if id(t) not in written_ids]
-        if name in _READS_OUTPUT:
-            versions += [(t, t._version) for t in outputs]
         entry = _Entry(func, name, args, kwargs, out, versions)
         self.tape.append(entry)
         self._refresh += [(entry, t) for t in written]
+        # a view's output shares its base's version counter only once autograd's view layer
+        # (above this mode) has wrapped it: its version is read at the next op, too
+        self._fresh += [(entry if name in _READS_OUTPUT else None, t) for t in outputs]
         for tensor in _tensor_leaves(out):
             self._tracked[id(tensor)] = tensor
             self._versions[id(tensor)] = tensor._version
@@ -437,9 +444,9 @@ _PRIMAL_FREE = frozenset(  # linear rules: they never read an input-dependent pr
        "constant_pad_nd", "native_dropout")}
 )  # fmt: skip
 # rules that read the op's primal output (so it must not change in place afterwards)
-_READS_OUTPUT = frozenset({"tanh", "sigmoid", "exp", "native_dropout", "max_pool1d_with_indices",
-                           "_softmax", "_safe_softmax",
-                           "max_pool2d_with_indices", "max_pool3d_with_indices"})  # fmt: skip
+_READS_OUTPUT = frozenset({"tanh", "sigmoid", "exp", "expm1", "native_dropout", "_softmax",
+                           "_safe_softmax", "max_pool1d_with_indices", "max_pool2d_with_indices",
+                           "max_pool3d_with_indices"})  # fmt: skip
 # in place, the rule reads only the series and post-op values that determine the same result
 _INPLACE_SAFE = frozenset({"relu", "leaky_relu", "hardtanh", "add", "sub", "mul", "div", "copy",
                            "index_put", "index_copy", "index_add", "scatter_add", "masked_scatter",
@@ -579,8 +586,8 @@ STRUCTURAL_OPS = (  # also listed in _PRIMAL_FREE below
     "alias", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "split", "split_with_sizes", "unbind",
     "index_select", "_to_copy", "neg", "gather", "unfold", "flip", "roll", "repeat",
-    "pixel_shuffle", "narrow", "movedim", "diagonal", "tril", "triu", "unflatten", "as_strided",
-    "_reshape_alias", "lift_fresh",
+    "pixel_shuffle", "narrow", "movedim", "diagonal", "tril", "triu", "unflatten",
+    "lift_fresh", "index",
 )  # fmt: skip
 
 
@@ -592,7 +599,42 @@ def _joint_linear(ctx: _Context):
     return _structural(ctx, zero_constants=True)
 
 
-_PRIMAL_FREE = _PRIMAL_FREE | frozenset(STRUCTURAL_OPS)
+_PRIMAL_FREE = _PRIMAL_FREE | frozenset(STRUCTURAL_OPS) | {"view", "_unsafe_view", "_reshape_alias"}
+
+
+@rule("view", "_unsafe_view", "_reshape_alias")
+def _view(ctx: _Context):
+    """A reshape of the primal: the coefficients, laid out their own way, are reshaped (a
+    ``view`` of a coefficient with another memory layout may not exist)."""
+    coefficients = ctx.series(ctx.arg(0))
+    if coefficients is None:
+        return None
+    return [c.reshape(c.shape[0], *ctx.out.shape) for c in coefficients]
+
+
+@rule("as_strided")
+def _as_strided(ctx: _Context):
+    """``as_strided(x, size, stride, offset)`` reads x's memory: map each output element to the
+    element of x stored there (refused where it reads memory outside x), then gather."""
+    x = ctx.arg(0)
+    coefficients = ctx.series(x)
+    if coefficients is None:
+        return None
+    size, stride = ctx.arg(1, "size"), ctx.arg(2, "stride")
+    offset = ctx.arg(3, "storage_offset")
+    offset = x.storage_offset() if offset is None else offset
+    length = x.untyped_storage().nbytes() // x.element_size()
+    owner = torch.full((length,), -1, dtype=torch.long, device=x.device)
+    numel = x.numel()
+    owner.as_strided(x.shape, x.stride(), x.storage_offset()).copy_(
+        torch.arange(numel, device=x.device).view(x.shape)
+    )
+    positions = torch.arange(length, device=x.device).as_strided(size, stride, offset)
+    logical = owner[positions]
+    if (logical < 0).any():
+        raise UnsupportedOperation("as_strided", "reads memory outside its input")
+    return [c.reshape(c.shape[0], numel)[:, logical.reshape(-1)].reshape(c.shape[0], *size)
+            for c in coefficients]  # fmt: skip
 
 
 @rule("detach")
@@ -894,6 +936,19 @@ def _clamp_min(ctx: _Context):
     return _masked(ctx, ctx.arg(0) >= ctx.arg(1))
 
 
+@rule("clamp")
+def _clamp(ctx: _Context):  # clamp(x, min, max) with constant (or absent) bounds
+    x, low, high = ctx.arg(0), ctx.arg(1, "min"), ctx.arg(2, "max")
+    if ctx.series(low) is not None or ctx.series(high) is not None:
+        raise UnsupportedOperation("clamp", "input-dependent bound")
+    inside = torch.ones_like(x, dtype=torch.bool)
+    if low is not None:
+        inside = inside & (x >= low)
+    if high is not None:
+        inside = inside & (x <= high)
+    return _masked(ctx, inside)
+
+
 @rule("clamp_max")
 def _clamp_max(ctx: _Context):
     if ctx.series(ctx.arg(1)) is not None:
@@ -947,6 +1002,8 @@ RULES["tanh"] = _nonlinear(lambda ctx: tanh_taylor(ctx.out, ctx.order))
 RULES["sigmoid"] = _nonlinear(lambda ctx: sigmoid_taylor(ctx.out, ctx.order))
 RULES["exp"] = _nonlinear(lambda ctx: exp_taylor(ctx.out, ctx.order))
 RULES["log"] = _nonlinear(lambda ctx: log_taylor(ctx.arg(0), ctx.order))
+RULES["expm1"] = _nonlinear(lambda ctx: exp_taylor(ctx.out + 1, ctx.order))
+RULES["log1p"] = _nonlinear(lambda ctx: log_taylor(ctx.arg(0) + 1, ctx.order))
 RULES["erf"] = _nonlinear(lambda ctx: erf_taylor(ctx.arg(0), ctx.order))
 RULES["sqrt"] = _nonlinear(lambda ctx: power_taylor(ctx.arg(0), 0.5, ctx.order))
 RULES["rsqrt"] = _nonlinear(lambda ctx: power_taylor(ctx.arg(0), -0.5, ctx.order))
