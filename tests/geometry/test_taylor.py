@@ -707,3 +707,21 @@ def test_models_the_fuzzer_found(kind):
     with math_attention():
         reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
     assert_close(fast, reference)
+
+
+def test_eval_native_dropout_is_routed_to_taylor_mode_not_a_crashing_jvp():
+    class EvalNativeDropout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(10, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc2(F.relu(torch.native_dropout(self.fc1(x.flatten(1)), 0.3, False)[0]))
+
+    model, inputs, labels, u = case(EvalNativeDropout(), seed=22)
+    verdict = check_piecewise_linear(model.eval(), inputs)
+    assert not verdict.eligible and "native_dropout" in verdict.reason
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=4, method="fast")
+    assert result.path == "taylor"
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(result.values, reference)

@@ -104,6 +104,22 @@ _AFFINE_OPS = frozenset(
         "index_add",
         "index_fill",
         "scatter_add",
+        # more linear reindexing and pooling (the differential fuzzer's networks use them)
+        "as_strided",
+        "_reshape_alias",
+        "pixel_shuffle",
+        "repeat",
+        "roll",
+        "flip",
+        "gather",
+        "diagonal",
+        "tril",
+        "triu",
+        "unfold",
+        "avg_pool1d",
+        "avg_pool3d",
+        "_adaptive_avg_pool2d",
+        "adaptive_avg_pool1d",
     }
 )
 # Batch-norm ops whose ``training`` flag is the positional argument at this index: affine
@@ -231,6 +247,10 @@ class _InputDependenceTracer(TorchDispatchMode):
         elif name == "div":
             if len(args) > 1 and self.is_tracked(args[1]):
                 self.offending.append("div (input-dependent denominator)")
+        elif name == "native_dropout":
+            train = args[2] if len(args) > 2 else kwargs.get("train")
+            if train is False:  # functorch: vmap(jvp) returns a batched primal through it
+                self.offending.append("native_dropout (train=False: the vmapped JVP fails)")
         elif name == "scatter":
             if len(args) > 4 or "reduce" in kwargs:
                 self.offending.append("scatter (with a reduction)")

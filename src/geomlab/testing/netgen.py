@@ -13,8 +13,9 @@ and read.
 Seed ``s`` always contains vocabulary item ``s mod len(VOCABULARY)`` (``forced``), so the seeds
 ``0 .. len(VOCABULARY) − 1`` reach every item; the other blocks are drawn at random.
 
-Import from other tests as ``from fuzz.netgen import random_case, random_network`` (``tests/``
-is on ``sys.path`` under pytest through its root ``conftest.py``).
+Used by ``tests/fuzz`` (the differential fuzzer); other tests import it as
+``from geomlab.testing.netgen import random_case, random_network``. It lives in the package
+because pytest runs with ``--import-mode=importlib`` (test folders are not importable).
 """
 
 from __future__ import annotations
@@ -265,7 +266,8 @@ class HandAttention(Block):
         super().__init__(tokens, features)
         self.qkv = nn.Linear(features, 3 * features)
         self.form = rng.choice(["softmax", "masked_fill", "baddbmm", "sdpa", "sdpa_causal"])
-        self.bias = nn.Parameter(0.3 * torch.randn(1, tokens, tokens))
+        if self.form == "baddbmm":  # (every parameter is used: curvlinops needs that)
+            self.bias = nn.Parameter(0.3 * torch.randn(1, tokens, tokens))
         self.detail = f"{features}, {self.form}"
 
     def forward(self, h):
@@ -306,6 +308,8 @@ class JoinConstant(Block):
              "masked_fill_tensor", "masked_fill_", "index_put_", "index_copy", "index_add",
              "index_fill", "scatter", "scatter_value", "scatter_add", "masked_scatter",
              "add", "mul")  # fmt: skip
+    USES_VALUE = frozenset(FORMS) - {"pad", "pad_tokens", "masked_fill", "masked_fill_",
+                                     "index_fill", "scatter_value"}  # fmt: skip
 
     def __init__(self, rng: random.Random, tokens: int, features: int, form=None) -> None:
         self.form = form or rng.choice(self.FORMS)
@@ -314,6 +318,7 @@ class JoinConstant(Block):
         out_features = 2 * features if self.form == "stack" else features + grows[1]
         super().__init__(tokens + grows[0], out_features)
         value = 2 * torch.randn(tokens, features)
+        self.learned = self.learned and self.form in self.USES_VALUE  # no unused parameters
         if self.learned:
             self.value = nn.Parameter(value)
         else:
@@ -376,9 +381,9 @@ class WriteIntoConstant(Block):
     label = "write_into_constant"
     FORMS = ("copy_", "index_put_", "zeros_like_add", "scatter_into_parameter")
 
-    def __init__(self, rng: random.Random, tokens: int, features: int) -> None:
+    def __init__(self, rng: random.Random, tokens: int, features: int, form=None) -> None:
         super().__init__(tokens, features)
-        self.form = rng.choice(self.FORMS)
+        self.form = form or rng.choice(self.FORMS)
         self.base = nn.Parameter(torch.randn(tokens, features))
         self.register_buffer("index", torch.tensor([0, features - 1]))
         self.detail = self.form
@@ -449,10 +454,17 @@ def _shuffle_forms(tokens: int, features: int) -> dict[str, Callable]:
 class Shuffle(Fn):
     label = "structural"
 
-    def __init__(self, rng: random.Random, tokens: int, features: int) -> None:
+    def __init__(self, rng: random.Random, tokens: int, features: int, form=None) -> None:
         forms = _shuffle_forms(tokens, features)
-        name = rng.choice(sorted(forms))
+        name = form or rng.choice(sorted(forms))
         super().__init__("structural", forms[name], tokens, features, name)
+
+
+_PRODUCTS = ("square_mix", "sum_broadcast", "fill")  # structural forms that multiply h by h
+
+
+def _shuffle(form):
+    return lambda rng, t, d: Shuffle(rng, t, d, form) if form in _shuffle_forms(t, d) else None
 
 
 class Reduce(Block):
@@ -496,10 +508,11 @@ class Dropout(Block):
     """``nn.Dropout`` (identity in eval), ``torch.native_dropout``, or a fixed mask buffer."""
 
     label = "dropout"
+    FORMS = ("module", "native", "fixed_mask")
 
-    def __init__(self, rng: random.Random, tokens: int, features: int) -> None:
+    def __init__(self, rng: random.Random, tokens: int, features: int, form=None) -> None:
         super().__init__(tokens, features)
-        self.form = rng.choice(["module", "native", "fixed_mask"])
+        self.form = form or rng.choice(self.FORMS)
         self.dropout = nn.Dropout(0.3)
         self.register_buffer("keep", (torch.rand(tokens, features) > 0.3).double() / 0.7)
         self.detail = self.form
@@ -517,11 +530,13 @@ class Bilinear(Block):
     input-dependent bias."""
 
     label = "bilinear"
+    FORMS = ("bmm", "mm", "addmm_bias", "baddbmm_tracked")
 
-    def __init__(self, rng: random.Random, tokens: int, features: int) -> None:
+    def __init__(self, rng: random.Random, tokens: int, features: int, form=None) -> None:
         super().__init__(tokens, features)
-        self.form = rng.choice(["bmm", "mm", "addmm_bias", "baddbmm_tracked"])
-        self.weight = nn.Parameter(torch.randn(features, features) / features)
+        self.form = form or rng.choice(self.FORMS)
+        if self.form == "addmm_bias":
+            self.weight = nn.Parameter(torch.randn(features, features) / features)
         self.detail = self.form
 
     def forward(self, h):
@@ -529,7 +544,7 @@ class Bilinear(Block):
         if self.form == "bmm":
             return (h @ h.transpose(1, 2)) @ h / (t * d)
         if self.form == "mm":  # per sample: samples must not mix (the derivatives are per sample)
-            return torch.stack([s @ (s.T @ s) / (t * d) for s in h.unbind(0)])
+            return torch.stack([s @ (s.t() @ s) / (t * d) for s in h.unbind(0)])
         if self.form == "addmm_bias":
             flat = h.reshape(b * t, d)
             return torch.addmm(flat, flat, self.weight, beta=0.5).reshape(b, t, d)
@@ -577,6 +592,10 @@ def _join(form):
     return lambda rng, t, d: JoinConstant(rng, t, d, form) if t <= 5 and d <= 6 else None
 
 
+def _with_form(cls, form):
+    return lambda rng, t, d: cls(rng, t, d, form)
+
+
 def _residual(builder):
     def build(rng, t, d):
         inner = builder(rng, t, d)
@@ -598,11 +617,21 @@ VOCABULARY: list[Item] = [
     Item("transformer_encoder_layer", EncoderLayer, False, True),
     Item("hand_attention", _residual(HandAttention), False, True),
     *[Item(f"join:{form}", _join(form), True) for form in JoinConstant.FORMS],
-    Item("write_into_constant", WriteIntoConstant, True),
-    Item("structural", Shuffle, True),
+    *[
+        Item(f"write_into_constant:{form}", _with_form(WriteIntoConstant, form), True)
+        for form in WriteIntoConstant.FORMS
+    ],
+    *[
+        Item(f"structural:{form}", _shuffle(form), form not in _PRODUCTS)
+        for form in sorted(_shuffle_forms(4, 4))
+    ],
     *[Item(f"reduce:{form}", _reduce(form), True) for form in Reduce.FORMS],
-    Item("dropout", Dropout, True),
-    Item("bilinear", Bilinear, False),
+    # (torch.native_dropout(train=False) is kept off the cumulant path: vmapped JVPs fail on it)
+    *[
+        Item(f"dropout:{form}", _with_form(Dropout, form), form != "native")
+        for form in Dropout.FORMS
+    ],
+    *[Item(f"bilinear:{form}", _with_form(Bilinear, form), False) for form in Bilinear.FORMS],
     Item("residual_linear", _residual(lambda rng, t, d: Linear(rng, t, d)), True),
 ]
 _BY_NAME = {item.name: item for item in VOCABULARY}
@@ -646,18 +675,22 @@ def random_network(
     attention: bool = True,
     forced: str | None = "auto",
     blocks: int | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> FuzzNet:
     """A float64 network for ``seed`` (same seed, same network and weights).
 
     ``piecewise_linear``: only piecewise-linear items (the cumulant path is exact);
-    ``attention=False``: no attention items; ``forced``: an item name the network contains
-    (``"auto"``: item ``seed mod len`` of the allowed vocabulary, None: no forced item)."""
+    ``attention=False``: no attention items; ``exclude``: item names left out; ``forced``: an
+    item name the network contains (``"auto"``: item ``seed mod len`` of the allowed
+    vocabulary, None: no forced item)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     allowed = [
         item
         for item in VOCABULARY
-        if (item.piecewise_linear or not piecewise_linear) and (attention or not item.attention)
+        if (item.piecewise_linear or not piecewise_linear)
+        and (attention or not item.attention)
+        and item.name not in exclude
     ]
     if forced == "auto":
         forced = allowed[seed % len(allowed)].name
