@@ -103,7 +103,12 @@ def reseeded(seed: int):
 
 def taylor_case(seed: int):
     train = train_mode(seed)
-    model, inputs, labels, u = random_case(seed, directions=1 if train else 2)
+    # train mode: dropout by fixed mask buffers only. A random mask is drawn in the memory order
+    # of its input, and the reference's primitive BatchNorm lays its output out differently from
+    # torch's, so reseeding does not replay the same logical mask there (seed 723 of the first
+    # 1,500). (torch.native_dropout in train mode is checked in test_taylor.py, same layout.)
+    exclude = ("dropout:module", "dropout:native") if train else ()
+    model, inputs, labels, u = random_case(seed, directions=1 if train else 2, exclude=exclude)
     model.train(train)
     return model, inputs, labels, u
 

@@ -434,9 +434,7 @@ def _shuffle_forms(tokens: int, features: int) -> dict[str, Callable]:
         "zero": lambda h: h + h.clone().zero_(),
         "neg_sub": lambda h: -h - 0.3 * h.mean(dim=-1, keepdim=True),
         "sum_broadcast": lambda h: h * h.sum(dim=1, keepdim=True) / h.shape[1],
-        "square_mix": lambda h: (
-            h * h.mean(dim=(1, 2), keepdim=True) + h.sum(dim=(1, 2), keepdim=True)
-        ),
+        "square_mix": lambda h: (h + 1) * h.mean(dim=(1, 2), keepdim=True),
         "diagonal": lambda h: h + h.diagonal(0, 1, 2).sum(-1).view(-1, 1, 1),
     }
     if features % 2 == 0:
