@@ -577,6 +577,9 @@ class AttentionNet(nn.Module):
         self.mha = nn.MultiheadAttention(8, 2, batch_first=True, dropout=0.1)
         layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.default_encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1
+        )
         self.cls = nn.Parameter(torch.randn(1, 1, 8))
         self.qkv = nn.Linear(8, 24)
         self.register_buffer("causal", torch.triu(torch.ones(5, 5, dtype=torch.bool), 1))
@@ -595,6 +598,10 @@ class AttentionNet(nn.Module):
             t = self.encoder(t)
         elif self.kind == "encoder_causal":
             t = self.encoder(t, mask=self.causal, is_causal=True)
+        elif self.kind == "encoder_nested_tensor_padding":  # torch's defaults, padded keys
+            padding = torch.zeros(x.shape[0], 5, dtype=torch.bool)
+            padding[:, -1] = True
+            t = self.default_encoder(t, src_key_padding_mask=padding)
         elif self.kind == "sdpa":
             q, k, v = self.qkv(t).view(-1, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
             t = F.scaled_dot_product_attention(q, k, v, attn_mask=self.causal)
@@ -607,8 +614,8 @@ class AttentionNet(nn.Module):
         return self.out(torch.tanh(t).mean(dim=1))
 
 
-ATTENTION = ["mha", "mha_weights_mask", "mha_padding", "encoder", "encoder_causal", "sdpa",
-             "hf_cls"]  # fmt: skip
+ATTENTION = ["mha", "mha_weights_mask", "mha_padding", "encoder", "encoder_causal",
+             "encoder_nested_tensor_padding", "sdpa", "hf_cls"]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ATTENTION)
