@@ -732,3 +732,18 @@ def test_eval_native_dropout_is_routed_to_taylor_mode_not_a_crashing_jvp():
     assert result.path == "taylor"
     reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
     assert_close(result.values, reference)
+
+
+def test_as_strided_of_an_expanded_tensor_is_refused():
+    class ExpandedStrided(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x.flatten(1)))[:, :1].expand(-1, 3)
+            return h.as_strided(h.shape, (h.stride(0), 0)) * h
+
+    model, inputs, labels, u = case(ExpandedStrided(), seed=23)
+    with pytest.raises(UnsupportedOperation, match="as_strided.*overlaps"):
+        deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=2)

@@ -620,6 +620,8 @@ def _as_strided(ctx: _Context):
     coefficients = ctx.series(x)
     if coefficients is None:
         return None
+    if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride(), strict=True)):
+        raise UnsupportedOperation("as_strided", "of an input that overlaps itself (expanded)")
     size, stride = ctx.arg(1, "size"), ctx.arg(2, "stride")
     offset = ctx.arg(3, "storage_offset")
     offset = x.storage_offset() if offset is None else offset
