@@ -747,3 +747,21 @@ def test_as_strided_of_an_expanded_tensor_is_refused():
     model, inputs, labels, u = case(ExpandedStrided(), seed=23)
     with pytest.raises(UnsupportedOperation, match="as_strided.*overlaps"):
         deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=2)
+
+
+def test_fill_with_an_input_dependent_value_carries_its_series():
+    class FillTensor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.out = nn.Linear(10, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x.flatten(1)))
+            filled = torch.empty(h.shape[1], dtype=h.dtype).fill_(h[0, 0])  # fill_.Tensor
+            constant = torch.empty_like(h).fill_(0.5)
+            return self.out(h * filled + h.clone().fill_(2.0) * h * constant)
+
+    model, inputs, labels, u = case(FillTensor(), seed=24, batch=1)  # (fill_ mixes samples)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)

@@ -644,9 +644,17 @@ def _detach(ctx: _Context):
     return None  # as in autograd: no derivative flows through detach
 
 
-@rule("fill", "zero", *PIECEWISE_CONSTANT_OPS)
+@rule("zero", *PIECEWISE_CONSTANT_OPS)
 def _constant(ctx: _Context):
     return None  # overwritten with a constant, or piecewise constant in x
+
+
+@rule("fill")
+def _fill(ctx: _Context):  # fill_(self, value): every element now holds value's series
+    value = ctx.series(ctx.arg(1))
+    if value is None:
+        return None  # a number or a constant tensor
+    return [_expand_to(c, ctx.out).clone() for c in value]
 
 
 @rule("copy")
