@@ -7,7 +7,7 @@ STAMP := $(VENV)/.geomlab-installed
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 DEMO_OUT ?= results/demo
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test fuzz lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
+
+# The differential fuzzer with many more random networks than CI's fixed seeds (nightly-style;
+# about 10 minutes on one core at the default). GEOMLAB_FUZZ_SEEDS sets the Taylor-mode seeds.
+GEOMLAB_FUZZ_SEEDS ?= 2000
+fuzz: $(STAMP)
+	GEOMLAB_FUZZ_SEEDS=$(GEOMLAB_FUZZ_SEEDS) $(BIN)/python -m pytest tests/fuzz -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

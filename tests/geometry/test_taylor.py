@@ -5,6 +5,7 @@ layers, dropout, BatchNorm in both modes, and writes through views."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomlab.geometry import derivatives as deriv
+from geomlab.geometry.attention import math_attention
 from geomlab.geometry.batch_statistics import BatchStatistics
 from geomlab.geometry.eligibility import check_piecewise_linear
+from geomlab.geometry.outputs import ModelOutputError
 from geomlab.geometry.taylor import UnsupportedOperation
 
 MAX_ORDER = 5
@@ -432,6 +435,333 @@ def test_attention_like_model_with_softmax_log_softmax_rsub_and_where():
             return torch.log_softmax(self.out(gated.flatten(1)), dim=1)
 
     model, inputs, labels, u = case(Attention(), seed=14)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+
+
+class JoinedConstant(nn.Module):
+    """A learned (or buffer) constant joined to input-dependent tokens: the CLS-token pattern of
+    ViT/BERT, by ``cat`` or ``stack`` (issue 17, item 1: every coefficient got the constant's
+    value instead of zeros)."""
+
+    def __init__(self, join: str, buffer: bool = False) -> None:
+        super().__init__()
+        self.join = join
+        self.embed, self.out = nn.Linear(2, 4), nn.Linear(4, 3)
+        token = torch.randn(1, 1, 4)
+        if buffer:
+            self.register_buffer("cls", token)
+        else:
+            self.cls = nn.Parameter(token)
+
+    def forward(self, x):
+        tokens = self.embed(x.reshape(x.shape[0], 5, 2))
+        cls = self.cls.expand(x.shape[0], 1, 4)
+        if self.join == "cat":
+            tokens = torch.cat([cls, tokens], dim=1)
+        else:  # stack along a new axis, then flatten it into the token axis
+            tokens = torch.stack([cls.expand(-1, 5, -1), tokens], dim=1).flatten(1, 2)
+        mixed = torch.tanh(tokens).mean(dim=1) * tokens[:, 0]
+        return self.out(mixed)
+
+
+@pytest.mark.parametrize("join", ["cat", "stack"])
+@pytest.mark.parametrize("buffer", [False, True], ids=["parameter", "buffer"])
+def test_constant_joined_to_the_input_enters_only_the_primal(join, buffer):
+    model, inputs, labels, u = case(JoinedConstant(join, buffer), seed=15)
+    with torch.no_grad():
+        model.cls.mul_(3.0)  # far from zero: the bug scaled with the constant
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=4, method="fast")
+    assert result.path == "taylor"
+    assert_close(result.values, reference)
+
+
+class ConstantWrites(nn.Module):
+    """Structural and multi-input ops given a constant operand (a parameter, a buffer, a number):
+    the constant may only enter h₀ (issue 17, item 1's audit)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc, self.out = nn.Linear(10, 6), nn.Linear(6, 3)
+        self.c = nn.Parameter(3 * torch.randn(6))
+        self.register_buffer("b", 3 * torch.randn(6))
+        self.register_buffer("mask", torch.tensor([True, False, True, False, False, True]))
+        self.register_buffer("index", torch.tensor([0, 3]))
+
+    def forward(self, x):  # noqa: C901 - one branch per op under test
+        h, kind = torch.tanh(self.fc(x.flatten(1))), self.kind
+        rows, source = h.shape[0], self.c[:2].expand(h.shape[0], 2).contiguous()
+        if kind == "pad":
+            g = F.pad(h, (1, 1), value=2.5)[:, 1:-1] * F.pad(h, (2, 0), value=-1.0)[:, :6]
+        elif kind == "where":
+            g = torch.where(self.mask, self.c, h)
+        elif kind == "masked_fill":
+            g = h.masked_fill(self.mask, 3.0)
+        elif kind == "masked_fill_tensor":
+            g = h.masked_fill(self.mask, self.c[0])
+        elif kind == "masked_fill_":
+            g = h.clone().masked_fill_(self.mask, 3.0)
+        elif kind == "index_put_":
+            g = h.clone()
+            g[:, self.index] = self.c[:2]
+        elif kind == "index_put_into_buffer":
+            g = self.b.expand(rows, 6).clone()
+            g[:, self.index] = h[:, :2]
+            g = g + h
+        elif kind == "index_copy":
+            g = h.index_copy(1, self.index, source)
+        elif kind == "index_add":
+            g = h.index_add(1, self.index, source)
+        elif kind == "index_fill":
+            g = h.index_fill(1, self.index, 2.0)
+        elif kind == "scatter":
+            g = h.scatter(1, self.index.expand(rows, 2), source)
+        elif kind == "scatter_value":
+            g = h.scatter(1, self.index.expand(rows, 2), 4.0)
+        elif kind == "scatter_add":
+            g = h.scatter_add(1, self.index.expand(rows, 2), source)
+        elif kind == "masked_scatter":
+            g = h.masked_scatter(self.mask, self.c.expand(rows, 6).contiguous())
+        elif kind == "copy_into_fresh":
+            g = torch.empty(rows, 6, dtype=h.dtype).copy_(h) + self.b
+        elif kind == "zeros_like_buffer":
+            g = (torch.zeros_like(h) + self.b) + h
+        elif kind == "add_buffer_and_parameter":
+            g = (h + self.b) * (h - self.c)
+        elif kind == "expand":
+            g = h[:, :1].expand(rows, 6) + self.c
+        else:
+            raise AssertionError(kind)
+        return self.out(g * h)
+
+
+CONSTANT_WRITES = ["pad", "where", "masked_fill", "masked_fill_tensor", "masked_fill_",
+                   "index_put_", "index_put_into_buffer", "index_copy", "index_add", "index_fill",
+                   "scatter", "scatter_value", "scatter_add", "masked_scatter", "copy_into_fresh",
+                   "zeros_like_buffer", "add_buffer_and_parameter", "expand"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", CONSTANT_WRITES)
+def test_constant_operands_of_structural_and_index_ops_enter_only_the_primal(kind):
+    model, inputs, labels, u = case(ConstantWrites(kind), seed=16)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+
+
+def test_scatter_with_a_reduction_is_refused_by_name():
+    class ScatterMultiply(ConstantWrites):
+        def forward(self, x):
+            h = torch.tanh(self.fc(x.flatten(1)))
+            index = self.index.expand(h.shape[0], 2)
+            return self.out(h.scatter(1, index, h[:, :2], reduce="multiply"))
+
+    model, inputs, labels, u = case(ScatterMultiply("scatter"), seed=17)
+    with pytest.raises(UnsupportedOperation, match="scatter.*reduction"):
+        deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=2)
+
+
+class AttentionNet(nn.Module):
+    """Tokens → attention → tanh → mean → logits, the attention one of torch's modules, SDPA, or
+    HF-style hand-written (``softmax(q kᵀ/√d)``) with a learned CLS token."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed, self.out = nn.Linear(2, 8), nn.Linear(8, 3)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True, dropout=0.1)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.default_encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1
+        )
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.qkv = nn.Linear(8, 24)
+        self.register_buffer("causal", torch.triu(torch.ones(5, 5, dtype=torch.bool), 1))
+
+    def forward(self, x):
+        t = self.embed(x.reshape(x.shape[0], 5, 2))
+        if self.kind == "mha":
+            t = t + self.mha(t, t, t, need_weights=False)[0]
+        elif self.kind == "mha_weights_mask":
+            t = t + self.mha(t, t, t, attn_mask=self.causal)[0]
+        elif self.kind == "mha_padding":  # the last sample's keys all padded: a zero row
+            padding = torch.zeros(x.shape[0], 5, dtype=torch.bool)
+            padding[-1] = True
+            t = t + self.mha(t, t, t, key_padding_mask=padding, need_weights=False)[0]
+        elif self.kind == "encoder":
+            t = self.encoder(t)
+        elif self.kind == "encoder_causal":
+            t = self.encoder(t, mask=self.causal, is_causal=True)
+        elif self.kind == "encoder_nested_tensor_padding":  # torch's defaults, padded keys
+            padding = torch.zeros(x.shape[0], 5, dtype=torch.bool)
+            padding[:, -1] = True
+            t = self.default_encoder(t, src_key_padding_mask=padding)
+        elif self.kind == "sdpa":
+            q, k, v = self.qkv(t).view(-1, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+            t = F.scaled_dot_product_attention(q, k, v, attn_mask=self.causal)
+            t = t.transpose(1, 2).reshape(-1, 5, 8)
+        elif self.kind == "hf_cls":
+            t = torch.cat([self.cls.expand(t.shape[0], 1, 8), t], dim=1)
+            q, k, v = self.qkv(t).chunk(3, dim=-1)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+            t = t + torch.softmax(scores, dim=-1) @ v
+        return self.out(torch.tanh(t).mean(dim=1))
+
+
+ATTENTION = ["mha", "mha_weights_mask", "mha_padding", "encoder", "encoder_causal",
+             "encoder_nested_tensor_padding", "sdpa", "hf_cls"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ATTENTION)
+def test_attention_in_taylor_mode_matches_nested(kind):
+    model, inputs, labels, u = case(AttentionNet(kind), seed=18)
+    model.eval()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    fast, logits = deriv.taylor_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath  # restored afterwards
+    with math_attention():  # (until the reference wraps itself)
+        reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+    with torch.no_grad(), math_attention():  # (torch's fast path differs on a padded row)
+        assert torch.allclose(logits, model(inputs), rtol=0, atol=1e-12)
+
+
+def test_hf_style_output_with_logits_is_accepted_and_others_refused():
+    class Output(dict):
+        @property
+        def logits(self):
+            return self["logits"]
+
+    class Wrapped(nn.Module):
+        def __init__(self, net: nn.Module, returns: str) -> None:
+            super().__init__()
+            self.net, self.returns = net, returns
+
+        def forward(self, x):
+            logits = self.net(x)
+            return Output(logits=logits) if self.returns == "output" else (logits,)
+
+    net, inputs, labels, u = case(mlp(nn.GELU()), seed=19)
+    model = Wrapped(net, "output").eval()
+    fast, _ = deriv.taylor_directional_derivatives(model, inputs, labels, u, max_order=3)
+    reference = deriv.nested_directional_derivatives(net, inputs, labels, u, max_order=3)
+    assert_close(fast, reference)
+    tupled = Wrapped(net, "tuple").eval()
+    with pytest.raises(ModelOutputError, match="tuple"):
+        deriv.taylor_directional_derivatives(tupled, inputs, labels, u, max_order=3)
+
+
+class ReluWrites(ConstantWrites):
+    """The same writes in a ReLU network: jointly affine, so the cumulant path is exact."""
+
+    def forward(self, x):
+        h = F.relu(self.fc(x.flatten(1)))
+        rows = h.shape[0]
+        g = h.masked_fill(self.mask, 3.0).index_add(1, self.index, h[:, :2])
+        g = torch.where(self.mask, self.c, g).scatter_add(1, self.index.expand(rows, 2), h[:, 3:5])
+        g = torch.cat([self.b.expand(rows, 6), g], dim=1)
+        return self.out(F.relu(g[:, 3:9]))
+
+
+def test_jointly_affine_writes_keep_a_relu_net_on_the_cumulant_path():
+    model, inputs, labels, u = case(ReluWrites("relu"), seed=20)
+    model.eval()
+    assert check_piecewise_linear(model, inputs).eligible
+    fast, _ = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=4)
+    taylor, _ = deriv.taylor_directional_derivatives(model, inputs, labels, u, max_order=4)
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+    assert_close(taylor, reference)
+
+
+class FuzzFound(nn.Module):
+    """Models the differential fuzzer (tests/fuzz) refused or broke before their fixes."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc, self.out = nn.Linear(10, 8), nn.Linear(8, 3)
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.fc2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.fc(x.flatten(1))
+        if self.kind == "view_after_in_place":  # a view's version is its base's, read late
+            h = F.relu(h.clone(), inplace=True)[:, 1:]
+            return self.out(torch.cat([h, h[:, :1]], dim=1).reshape(-1, 2, 4).flatten(1))
+        if self.kind == "view_of_strided_coefficient":  # a linear layer after attention
+            t = h.reshape(-1, 2, 4)
+            t = self.fc2(t + self.mha(t, t, t, need_weights=False)[0])
+            return self.out(torch.tanh(t).flatten(1))
+        if self.kind == "as_strided":  # a transposed input's memory read back as rows
+            t = torch.tanh(h).reshape(-1, 2, 4).transpose(1, 2)
+            return self.out(t.as_strided((t.shape[0], 8), (8, 1)) * t.flatten(1))
+        raise AssertionError(self.kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["view_after_in_place", "view_of_strided_coefficient", "as_strided"]
+)
+def test_models_the_fuzzer_found(kind):
+    model, inputs, labels, u = case(FuzzFound(kind), seed=21)
+    fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
+    with math_attention():
+        reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(fast, reference)
+
+
+def test_eval_native_dropout_is_routed_to_taylor_mode_not_a_crashing_jvp():
+    class EvalNativeDropout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(10, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc2(F.relu(torch.native_dropout(self.fc1(x.flatten(1)), 0.3, False)[0]))
+
+    model, inputs, labels, u = case(EvalNativeDropout(), seed=22)
+    verdict = check_piecewise_linear(model.eval(), inputs)
+    assert not verdict.eligible and "native_dropout" in verdict.reason
+    result = deriv.directional_derivatives(model, inputs, labels, u, max_order=4, method="fast")
+    assert result.path == "taylor"
+    reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
+    assert_close(result.values, reference)
+
+
+def test_as_strided_of_an_expanded_tensor_is_refused():
+    class ExpandedStrided(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x.flatten(1)))[:, :1].expand(-1, 3)
+            return h.as_strided(h.shape, (h.stride(0), 0)) * h
+
+    model, inputs, labels, u = case(ExpandedStrided(), seed=23)
+    with pytest.raises(UnsupportedOperation, match="as_strided.*overlaps"):
+        deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=2)
+
+
+def test_fill_with_an_input_dependent_value_carries_its_series():
+    class FillTensor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.out = nn.Linear(10, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.fc(x.flatten(1)))
+            filled = torch.empty(h.shape[1], dtype=h.dtype).fill_(h[0, 0])  # fill_.Tensor
+            constant = torch.empty_like(h).fill_(0.5)
+            return self.out(h * filled + h.clone().fill_(2.0) * h * constant)
+
+    model, inputs, labels, u = case(FillTensor(), seed=24, batch=1)  # (fill_ mixes samples)
     fast, _ = deriv.taylor_directional_derivatives(model.eval(), inputs, labels, u, max_order=4)
     reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
     assert_close(fast, reference)

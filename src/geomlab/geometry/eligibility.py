@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from geomlab.geometry.attention import math_attention
+
 # Ops whose output does not depend on the *values* of their tensor arguments.
 _VALUE_FREE_OPS = frozenset(
     {
@@ -82,6 +84,7 @@ _AFFINE_OPS = frozenset(
         "split_with_sizes",
         "unbind",
         "index_select",
+        "index",
         "_to_copy",
         "constant_pad_nd",
         "fill",
@@ -91,6 +94,32 @@ _AFFINE_OPS = frozenset(
         "native_dropout",
         "_native_batch_norm_legit_no_training",
         "_batch_norm_no_update",
+        # writes at constant indices / under a constant mask, and selection by a constant
+        # condition: affine jointly in self and the source (a scatter with a reduction is not)
+        "where",
+        "masked_fill",
+        "masked_scatter",
+        "index_put",
+        "index_copy",
+        "index_add",
+        "index_fill",
+        "scatter_add",
+        # more linear reindexing and pooling (the differential fuzzer's networks use them)
+        "as_strided",
+        "_reshape_alias",
+        "pixel_shuffle",
+        "repeat",
+        "roll",
+        "flip",
+        "gather",
+        "diagonal",
+        "tril",
+        "triu",
+        "unfold",
+        "avg_pool1d",
+        "avg_pool3d",
+        "_adaptive_avg_pool2d",
+        "adaptive_avg_pool1d",
     }
 )
 # Batch-norm ops whose ``training`` flag is the positional argument at this index: affine
@@ -129,6 +158,7 @@ _PIECEWISE_LINEAR_OPS = frozenset(
         "abs",
         "clamp_min",
         "clamp_max",
+        "clamp",
     }
 )
 
@@ -217,6 +247,13 @@ class _InputDependenceTracer(TorchDispatchMode):
         elif name == "div":
             if len(args) > 1 and self.is_tracked(args[1]):
                 self.offending.append("div (input-dependent denominator)")
+        elif name == "native_dropout":
+            train = args[2] if len(args) > 2 else kwargs.get("train")
+            if train is False:  # functorch: vmap(jvp) returns a batched primal through it
+                self.offending.append("native_dropout (train=False: the vmapped JVP fails)")
+        elif name == "scatter":
+            if len(args) > 4 or "reduce" in kwargs:
+                self.offending.append("scatter (with a reduction)")
         elif name in _BATCH_NORM_TRAINING_ARG:
             index = _BATCH_NORM_TRAINING_ARG[name]
             training = args[index] if index < len(args) else kwargs.get("training", False)
@@ -262,6 +299,7 @@ def check_piecewise_linear(model: nn.Module, example_inputs: torch.Tensor) -> El
     tracer = _InputDependenceTracer(probe)
     try:
         with (
+            math_attention(),  # the ops geometry's passes see (not torch's fused attention)
             torch.random.fork_rng(devices=rng_devices(probe)),
             torch.no_grad(),
             preserved_buffers(model),

@@ -47,12 +47,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from geomlab.geometry.attention import math_attention
 from geomlab.geometry.eligibility import (
     PIECEWISE_CONSTANT_OPS,
     op_name,
     storage_key,
     written_arguments,
 )
+from geomlab.geometry.outputs import as_logits
 
 Loss = Literal["cross_entropy", "mse"]
 Coefficients = list[torch.Tensor]  # [h_1, ..., h_d], each [K, *h₀.shape]; d ≤ max order
@@ -339,6 +341,7 @@ class TaylorRecorder(TorchDispatchMode):
         # tensors written in place by the last op: autograd bumps their version counter only
         # after the op returns, so their versions are read at the next op (or at the end)
         self._refresh: list[tuple[_Entry, torch.Tensor]] = []
+        self._fresh: list[tuple[_Entry | None, torch.Tensor]] = []
 
     def is_tracked(self, value: object) -> bool:
         return isinstance(value, torch.Tensor) and id(value) in self._tracked
@@ -351,6 +354,11 @@ class TaylorRecorder(TorchDispatchMode):
             if id(tensor) in self._tracked:
                 self._versions[id(tensor)] = tensor._version
         self._refresh = []
+        for entry, tensor in self._fresh:
+            if entry is not None:
+                entry.versions.append((tensor, tensor._version))
+            self._versions[id(tensor)] = tensor._version
+        self._fresh = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -398,11 +406,12 @@ class TaylorRecorder(TorchDispatchMode):
             if key != 0 and tensor is not out:
                 self._written_storages.add(key)  # e.g. running statistics: never read back
         outputs = [t for t in _tensor_leaves(out) if id(t) not in written_ids]
-        if name in _READS_OUTPUT:
-            versions += [(t, t._version) for t in outputs]
         entry = _Entry(func, name, args, kwargs, out, versions)
         self.tape.append(entry)
         self._refresh += [(entry, t) for t in written]
+        # a view's output shares its base's version counter only once autograd's view layer
+        # (above this mode) has wrapped it: its version is read at the next op, too
+        self._fresh += [(entry if name in _READS_OUTPUT else None, t) for t in outputs]
         for tensor in _tensor_leaves(out):
             self._tracked[id(tensor)] = tensor
             self._versions[id(tensor)] = tensor._version
@@ -430,13 +439,18 @@ class TaylorRecorder(TorchDispatchMode):
 _BILINEAR = frozenset({"mul", "div", "mm", "bmm", "matmul", "addmm"})
 _PRIMAL_FREE = frozenset(  # linear rules: they never read an input-dependent primal
     {*("add", "sub", "copy", "detach", "fill", "zero", "convolution", "_convolution",
+       "index_put", "index_copy", "index_add", "scatter_add", "masked_scatter", "masked_fill",
+       "index_fill", "scatter",
        "constant_pad_nd", "native_dropout")}
 )  # fmt: skip
 # rules that read the op's primal output (so it must not change in place afterwards)
-_READS_OUTPUT = frozenset({"tanh", "sigmoid", "exp", "native_dropout", "max_pool1d_with_indices",
-                           "max_pool2d_with_indices", "max_pool3d_with_indices"})  # fmt: skip
+_READS_OUTPUT = frozenset({"tanh", "sigmoid", "exp", "expm1", "native_dropout", "_softmax",
+                           "_safe_softmax", "max_pool1d_with_indices", "max_pool2d_with_indices",
+                           "max_pool3d_with_indices"})  # fmt: skip
 # in place, the rule reads only the series and post-op values that determine the same result
 _INPLACE_SAFE = frozenset({"relu", "leaky_relu", "hardtanh", "add", "sub", "mul", "div", "copy",
+                           "index_put", "index_copy", "index_add", "scatter_add", "masked_scatter",
+                           "masked_fill", "index_fill", "scatter",
                            "fill", "zero", "native_dropout"})  # fmt: skip
 _BATCH_NORM_RULES = frozenset({"native_batch_norm", "_native_batch_norm_legit", "cudnn_batch_norm",
                                "miopen_batch_norm"})  # fmt: skip
@@ -516,11 +530,27 @@ def rule(*names: str):
     return register
 
 
-def _structural(ctx: _Context):
+def _is_floating(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+def _structural(ctx: _Context, *, zero_constants: bool = False):
     """A linear op with no constant part: apply it to every coefficient (all orders and
-    directions at once, through vmap). Tracked args of lower degree count as zero there."""
+    directions at once, through vmap). Tracked args of lower degree count as zero there.
+
+    ``zero_constants``: the op is linear *jointly* in all its floating-point tensor arguments
+    (``cat``, ``stack``, ``index_put``, ...), so an untracked floating argument (a learned
+    CLS token, a buffer) is part of h₀ only and enters every coefficient as zeros. Without it
+    untracked arguments keep their values (the weight of a convolution, the constant factor
+    of a matmul). Integer and boolean tensors (indices, masks) always keep their values."""
     leaves, spec = tree_flatten((ctx.entry.args, ctx.entry.kwargs))
+    if zero_constants:
+        leaves = [
+            torch.zeros_like(v) if _is_floating(v) and ctx.series(v) is None else v for v in leaves
+        ]
     positions = [i for i, v in enumerate(leaves) if ctx.series(v) is not None]
+    if not positions:  # tracked, but every tracked argument is constant in t (detached)
+        return None
     series = [ctx.series(leaves[i]) for i in positions]
     degree = max(len(c) for c in series)
 
@@ -529,7 +559,13 @@ def _structural(ctx: _Context):
         for i, value in zip(positions, batched, strict=True):
             current[i] = value
         args, kwargs = tree_unflatten(current, spec)
-        return ctx.entry.func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    func = ctx.entry.func
+    if written_arguments(func, *tree_unflatten(leaves, spec)):
+        # an in-place op (index_put_, masked_fill_): its out-of-place twin, so that no
+        # coefficient another tensor still uses is overwritten
+        func = getattr(getattr(torch.ops.aten, ctx.entry.name), func._overloadname)
 
     batched_apply = torch.func.vmap(apply)
     per_order = []
@@ -550,11 +586,57 @@ STRUCTURAL_OPS = (  # also listed in _PRIMAL_FREE below
     "alias", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "split", "split_with_sizes", "unbind",
     "index_select", "_to_copy", "neg", "gather", "unfold", "flip", "roll", "repeat",
-    "pixel_shuffle", "narrow", "movedim", "diagonal", "tril", "triu", "unflatten", "as_strided",
-    "_reshape_alias", "lift_fresh",
+    "pixel_shuffle", "narrow", "movedim", "diagonal", "tril", "triu", "unflatten",
+    "lift_fresh", "index",
 )  # fmt: skip
-rule(*STRUCTURAL_OPS)(_structural)
-_PRIMAL_FREE = _PRIMAL_FREE | frozenset(STRUCTURAL_OPS)
+
+
+@rule(*STRUCTURAL_OPS)
+def _joint_linear(ctx: _Context):
+    """Ops linear in all their floating tensor arguments jointly: constants are zeros in h_k."""
+    if not any(_is_floating(t) for t in _tensor_leaves(ctx.out)):
+        return None  # e.g. a cast to an integer dtype: constant, as autograd has it
+    return _structural(ctx, zero_constants=True)
+
+
+_PRIMAL_FREE = _PRIMAL_FREE | frozenset(STRUCTURAL_OPS) | {"view", "_unsafe_view", "_reshape_alias"}
+
+
+@rule("view", "_unsafe_view", "_reshape_alias")
+def _view(ctx: _Context):
+    """A reshape of the primal: the coefficients, laid out their own way, are reshaped (a
+    ``view`` of a coefficient with another memory layout may not exist)."""
+    coefficients = ctx.series(ctx.arg(0))
+    if coefficients is None:
+        return None
+    return [c.reshape(c.shape[0], *ctx.out.shape) for c in coefficients]
+
+
+@rule("as_strided")
+def _as_strided(ctx: _Context):
+    """``as_strided(x, size, stride, offset)`` reads x's memory: map each output element to the
+    element of x stored there (refused where it reads memory outside x), then gather."""
+    x = ctx.arg(0)
+    coefficients = ctx.series(x)
+    if coefficients is None:
+        return None
+    if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride(), strict=True)):
+        raise UnsupportedOperation("as_strided", "of an input that overlaps itself (expanded)")
+    size, stride = ctx.arg(1, "size"), ctx.arg(2, "stride")
+    offset = ctx.arg(3, "storage_offset")
+    offset = x.storage_offset() if offset is None else offset
+    length = x.untyped_storage().nbytes() // x.element_size()
+    owner = torch.full((length,), -1, dtype=torch.long, device=x.device)
+    numel = x.numel()
+    owner.as_strided(x.shape, x.stride(), x.storage_offset()).copy_(
+        torch.arange(numel, device=x.device).view(x.shape)
+    )
+    positions = torch.arange(length, device=x.device).as_strided(size, stride, offset)
+    logical = owner[positions]
+    if (logical < 0).any():
+        raise UnsupportedOperation("as_strided", "reads memory outside its input")
+    return [c.reshape(c.shape[0], numel)[:, logical.reshape(-1)].reshape(c.shape[0], *size)
+            for c in coefficients]  # fmt: skip
 
 
 @rule("detach")
@@ -562,9 +644,17 @@ def _detach(ctx: _Context):
     return None  # as in autograd: no derivative flows through detach
 
 
-@rule("fill", "zero", *PIECEWISE_CONSTANT_OPS)
+@rule("zero", *PIECEWISE_CONSTANT_OPS)
 def _constant(ctx: _Context):
     return None  # overwritten with a constant, or piecewise constant in x
+
+
+@rule("fill")
+def _fill(ctx: _Context):  # fill_(self, value): every element now holds value's series
+    value = ctx.series(ctx.arg(1))
+    if value is None:
+        return None  # a number or a constant tensor
+    return [_expand_to(c, ctx.out).clone() for c in value]
 
 
 @rule("copy")
@@ -687,9 +777,11 @@ def _log_softmax(ctx: _Context):  # log_softmax(x)(t) = log p + δ − log E_p[e
     return [d - m for d, m in zip(_padded(delta, ctx.order), log_m, strict=True)]
 
 
-@rule("_softmax")
+@rule("_softmax", "_safe_softmax")
 def _softmax(ctx: _Context):  # softmax(x)(t) = p · exp(δ − log E_p[exp δ])
-    probs = torch.softmax(ctx.arg(0), dim=ctx.arg(1))
+    # p is the op's own output: for ``_safe_softmax`` (SDPA's math form) a row masked entirely
+    # with −inf is zero there, and so are all its coefficients (its moments are 0, log m = 0)
+    probs = ctx.out
     delta, log_m = _log_normalizer(ctx, probs)
     shift = [d - m for d, m in zip(_padded(delta, ctx.order), log_m, strict=True)]
     exp_shift = compose([1.0 / math.factorial(j) for j in range(1, ctx.order + 1)], shift,
@@ -741,20 +833,34 @@ def _bilinear_cauchy(product, a0, sa, b0, sb, order):
     return out
 
 
-@rule("addmm")
-def _addmm(ctx: _Context):  # beta * bias + alpha * (m1 @ m2)
-    if ctx.series(ctx.arg(0)) is not None:
-        raise UnsupportedOperation("addmm", "input-dependent bias")
-    m1, m2 = ctx.arg(1), ctx.arg(2)
-    alpha = ctx.arg(4, "alpha", 1)
+@rule("addmm", "baddbmm")
+def _addmm(ctx: _Context):  # beta * bias + alpha * (m1 @ m2); baddbmm batched
+    bias, m1, m2 = ctx.arg(0), ctx.arg(1), ctx.arg(2)
+    beta, alpha = ctx.arg(3, "beta", 1), ctx.arg(4, "alpha", 1)
+    product = torch.mm if ctx.entry.name == "addmm" else torch.bmm
     s1, s2 = ctx.series(m1), ctx.series(m2)
     if s1 is not None and s2 is not None:
-        result = _bilinear_cauchy(torch.mm, m1, s1, m2, s2, ctx.order)
+        result = _bilinear_cauchy(product, m1, s1, m2, s2, ctx.order)
     elif s1 is not None:
-        result = [c @ m2 for c in s1]  # [K, B, in] @ [in, out]
+        result = [torch.func.vmap(lambda c: product(c, m2))(c) for c in s1]
+    elif s2 is not None:
+        result = [torch.func.vmap(lambda c: product(m1, c))(c) for c in s2]
     else:
-        result = [torch.func.vmap(lambda c: m1 @ c)(c) for c in s2]
-    return [alpha * c for c in result] if alpha != 1 else result
+        result = []
+    result = [alpha * c for c in result] if alpha != 1 else result
+    sb = ctx.series(bias) if beta != 0 else None  # beta = 0 ignores the bias (even NaN)
+    if sb:
+        ndim = ctx.out.dim() + 1
+        result = [
+            _expand_to(
+                _broadcast_add(result[k], beta * sb[k])
+                if k < len(result) and k < len(sb)
+                else (result[k] if k < len(result) else _lift(beta * sb[k], ndim)),
+                ctx.out,
+            )
+            for k in range(max(len(result), len(sb)))
+        ]
+    return result or None
 
 
 @rule("convolution", "_convolution")
@@ -765,6 +871,31 @@ def _convolution(ctx: _Context):
     args[2] = None
     entry = _Entry(ctx.entry.func, ctx.entry.name, tuple(args), ctx.entry.kwargs, ctx.out, [])
     return _structural(_Context(entry, ctx.order, ctx.table))
+
+
+@rule("index_put", "index_copy", "index_add", "scatter_add", "masked_scatter")
+def _joint_write(ctx: _Context):
+    """Ops that place (or add) a source into a copy of ``self`` at integer indices or a boolean
+    mask: linear jointly in self and the source, so a constant source or self enters as zeros
+    (an index_put of a buffer into the input's tokens, a fresh ``zeros`` written in place)."""
+    return _structural(ctx, zero_constants=True)
+
+
+@rule("masked_fill", "index_fill", "scatter")
+def _fill_value(ctx: _Context):
+    """``masked_fill(self, mask, value)``, ``index_fill(self, dim, index, value)``,
+    ``scatter(self, dim, index, src | value)``: the filled positions hold the value's series
+    (zeros for a constant value, e.g. −inf in an attention mask), the rest self's."""
+    if ctx.arg(4, "reduce") is not None:
+        raise UnsupportedOperation(ctx.entry.name, "with a reduction")
+    args, func = list(ctx.entry.args), ctx.entry.func
+    value_index = 2 if ctx.entry.name == "masked_fill" else 3
+    if not isinstance(args[value_index], torch.Tensor):
+        args[value_index] = 0.0  # a number: constant along t
+    elif ctx.entry.name == "masked_fill" and ctx.series(args[value_index]) is None:
+        args[value_index], func = 0.0, torch.ops.aten.masked_fill.Scalar  # (vmap has a rule)
+    entry = _Entry(func, ctx.entry.name, tuple(args), ctx.entry.kwargs, ctx.out, [])
+    return _structural(_Context(entry, ctx.order, ctx.table), zero_constants=True)
 
 
 @rule("constant_pad_nd")
@@ -813,6 +944,19 @@ def _clamp_min(ctx: _Context):
     if ctx.series(ctx.arg(1)) is not None:
         raise UnsupportedOperation("clamp_min", "input-dependent bound")
     return _masked(ctx, ctx.arg(0) >= ctx.arg(1))
+
+
+@rule("clamp")
+def _clamp(ctx: _Context):  # clamp(x, min, max) with constant (or absent) bounds
+    x, low, high = ctx.arg(0), ctx.arg(1, "min"), ctx.arg(2, "max")
+    if ctx.series(low) is not None or ctx.series(high) is not None:
+        raise UnsupportedOperation("clamp", "input-dependent bound")
+    inside = torch.ones_like(x, dtype=torch.bool)
+    if low is not None:
+        inside = inside & (x >= low)
+    if high is not None:
+        inside = inside & (x <= high)
+    return _masked(ctx, inside)
 
 
 @rule("clamp_max")
@@ -868,6 +1012,8 @@ RULES["tanh"] = _nonlinear(lambda ctx: tanh_taylor(ctx.out, ctx.order))
 RULES["sigmoid"] = _nonlinear(lambda ctx: sigmoid_taylor(ctx.out, ctx.order))
 RULES["exp"] = _nonlinear(lambda ctx: exp_taylor(ctx.out, ctx.order))
 RULES["log"] = _nonlinear(lambda ctx: log_taylor(ctx.arg(0), ctx.order))
+RULES["expm1"] = _nonlinear(lambda ctx: exp_taylor(ctx.out + 1, ctx.order))
+RULES["log1p"] = _nonlinear(lambda ctx: log_taylor(ctx.arg(0) + 1, ctx.order))
 RULES["erf"] = _nonlinear(lambda ctx: erf_taylor(ctx.arg(0), ctx.order))
 RULES["sqrt"] = _nonlinear(lambda ctx: power_taylor(ctx.arg(0), 0.5, ctx.order))
 RULES["rsqrt"] = _nonlinear(lambda ctx: power_taylor(ctx.arg(0), -0.5, ctx.order))
@@ -1049,11 +1195,11 @@ def taylor_forward(
     (``[K, *outputs.shape]`` per order; ``d`` ≤ ``max_order`` is the output's degree in t)."""
     x = inputs.detach() if not inputs.requires_grad else inputs
     recorder = TaylorRecorder(x)
-    with recorder:
+    # attention's fused kernels (MHA fast path, flash SDPA) have no rule; their math forms do
+    with math_attention(), recorder:
         outputs = model(x)
     recorder.settle()
-    if not isinstance(outputs, torch.Tensor):
-        raise UnsupportedOperation("model output", "the model must return one tensor")
+    outputs = as_logits(outputs)  # a tensor, or an HF-style output's .logits; else refused
     table = replay(recorder, x, directions, max_order)
     coefficients = table.get(id(outputs))
     if isinstance(coefficients, _Poison):
