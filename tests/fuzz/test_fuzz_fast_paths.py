@@ -159,8 +159,6 @@ def test_fisher_products_match_the_dense_reference(seed):
     # as_strided: curvlinops' vmapped products raise on it (a refusal, not a wrong number)
     model, inputs, labels, _ = random_case(seed, batch=4, exclude=("structural:as_strided",))
     model.eval()
-    if model.has_attention:
-        pytest.skip("attention in Fisher products")  # until curv merges
     data = (inputs, labels)
     dense = dense_fisher_reference(model, data, loss="cross_entropy")
     operator = FisherOperator(model, data, loss="cross_entropy")
