@@ -1,7 +1,8 @@
 """`geomlab measure-lambda` on a run someone sent: the model a manifest names is imported only
 when trusted, checkpoints load as weights only, and a bad one is an error naming the file.
 
-The commands run as real processes (`python -m geomlab.cli`), on real files."""
+The trust checks run as real processes (`python -m geomlab.cli`, a fresh interpreter in which
+an import would show); all on real files."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from geomlab.cli import app
 from geomlab.data import mnist
 from geomlab.experiments import get
 
@@ -70,6 +73,12 @@ def flat(result: subprocess.CompletedProcess) -> str:
     return " ".join((result.stdout + result.stderr).split())
 
 
+def in_process(args: list[str]) -> tuple[int, str]:
+    """The same command in this process (torch is loaded already: faster)."""
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, " ".join(result.output.split())
+
+
 @pytest.fixture
 def factory(tmp_path) -> tuple[Path, Path]:
     """A module that leaves a marker when imported: was code from the manifest run?"""
@@ -116,9 +125,8 @@ def test_a_checkpoint_the_safe_loader_refuses_is_named_and_never_run(tmp_path):
     run_dir = received_run(tmp_path)
     checkpoint = run_dir / "checkpoints" / "baseline_seed0.pt"
     torch.save({"weights": _Payload()}, checkpoint)
-    result = geomlab(["measure-lambda", str(run_dir), "--device", "cpu"])
-    assert result.returncode == 2, result.stderr
-    text = flat(result)
+    code, text = in_process(["measure-lambda", str(run_dir), "--device", "cpu"])
+    assert code == 2, text
     assert str(checkpoint) in text and "safe loader" in text and "Traceback" not in text
     assert not Path("MARKER").exists() and not (run_dir / "MARKER").exists()
 
@@ -127,9 +135,8 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_named(tmp_path):
     run_dir = received_run(tmp_path)
     checkpoint = run_dir / "checkpoints" / "baseline_seed0.pt"
     torch.save({"conv1.weight": torch.zeros(3)}, checkpoint)
-    result = geomlab(["measure-lambda", str(run_dir), "--device", "cpu"])
-    assert result.returncode == 2, result.stderr
-    text = flat(result)
+    code, text = in_process(["measure-lambda", str(run_dir), "--device", "cpu"])
+    assert code == 2, text
     assert str(checkpoint) in text and "does not fit" in text and "Traceback" not in text
 
 
@@ -139,9 +146,9 @@ def test_checkpoint_paths_a_received_summary_records_stay_inside_the_run(tmp_pat
     torch.save({}, outside)
     summary = {"checkpoints": {"baseline_seed0": "../elsewhere.pt"}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    result = geomlab(["measure-lambda", str(run_dir), "--device", "cpu"])
-    assert result.returncode == 2, result.stderr
-    assert "refused" in flat(result) and "summary.json" in flat(result)
+    code, text = in_process(["measure-lambda", str(run_dir), "--device", "cpu"])
+    assert code == 2, text
+    assert "refused" in text and "summary.json" in text
 
 
 def test_a_received_manifest_of_the_wrong_shape_is_named(tmp_path):
@@ -149,6 +156,6 @@ def test_a_received_manifest_of_the_wrong_shape_is_named(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["config"] = "mnist-cnn"
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    result = geomlab(["measure-lambda", str(run_dir), "--device", "cpu"])
-    assert result.returncode == 2, result.stderr
-    assert "'config'" in flat(result) and str(run_dir / "manifest.json") in flat(result)
+    code, text = in_process(["measure-lambda", str(run_dir), "--device", "cpu"])
+    assert code == 2, text
+    assert "'config'" in text and str(run_dir / "manifest.json") in text

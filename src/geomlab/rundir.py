@@ -131,9 +131,9 @@ class Manifest(_Open):
 
 
 class SweepRun(_Open):
-    name: str
-    label: str
     config_hash: str
+    name: str | None = None
+    label: str | None = None
     point: dict[str, Any] = Field(default_factory=dict)
     seed: StrictInt | None = None
 
