@@ -158,7 +158,7 @@ def test_any_model_writes_the_same_artifacts_plus_solver_diagnostics(tmp_path, f
     raw = pd.read_csv(tmp_path / "E1_results_raw.csv")
     assert list(raw.columns) == e1_pareto.RAW_COLUMNS + [
         "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
-        "direction_seconds", "cg_tol", "solve_converged",
+        "direction_seconds", "cg_tol", "solve_converged", "dropped_above_floor",
     ]  # fmt: skip
     assert set(raw["method"]) == {"sgd", "natgrad", "kfac", "ekfac"}
     ng_rows = raw[raw["method"] == "natgrad"]
@@ -368,3 +368,30 @@ def test_a_non_positive_measured_kl_is_counted_as_unresolved_not_as_a_runaway():
     assert not gate.passed and ok.tolist() == [True, False, False]
     assert gate.details["n_unresolved_kl"] == 1 and gate.details["n_runaway"] == 1
     assert "1 of them measured KL <= 0: below the dtype's resolution, not a runaway" in gate.message
+
+
+def full_rank_regression():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    return x, torch.stack([torch.sin(x[:, 0] * x[:, 1]), x[:, 2] ** 2 - 1], 1)
+
+
+def test_dense_natgrad_warns_when_rcond_drops_real_curvature(tmp_path, fake_context, caplog):
+    overrides = {"model": "mlp", "mlp_hidden": [32], "data": f"{__name__}:full_rank_regression",
+                 "n_samples": 200, "n_seeds": 1, "epsilon_values": [1e-4]}  # fmt: skip
+    (tmp_path / "a").mkdir()
+    with caplog.at_level("WARNING"):
+        result = e1_pareto.run(get("e1").make_config("quick", overrides),
+                               fake_context(tmp_path / "a"))  # fmt: skip
+    raw = pd.read_csv(tmp_path / "a" / "E1_results_raw.csv")
+    # 226 parameters, Fisher full rank (smallest eigenvalue 2.3e-10 x the largest): the default
+    # rcond = 1e-8 drops 12 eigenvalues above the round-off floor.
+    assert raw.loc[raw["method"] == "natgrad", "dropped_above_floor"].tolist() == [12]
+    assert "dropped up to 12 eigenvalues" in result.summary["rcond_warning"]
+    assert result.summary["rcond_warning"] in caplog.text
+    (tmp_path / "b").mkdir()
+    exact = get("e1").make_config("quick", {**overrides, "rcond": 0.0})
+    result = e1_pareto.run(exact, fake_context(tmp_path / "b"))
+    raw = pd.read_csv(tmp_path / "b" / "E1_results_raw.csv")
+    assert raw.loc[raw["method"] == "natgrad", "dropped_above_floor"].tolist() == [0]
+    assert result.summary["rcond_warning"] == ""

@@ -491,3 +491,21 @@ def test_progress_brackets_the_kfac_factors():
     ng.natural_gradient(operator, gradient, solver="ekfac", damping=1e-2,
                         progress=lambda *e: seen.append(e[:3]))  # fmt: skip
     assert seen == [("ekfac factors", 0, 1), ("ekfac factors", 1, 1)]
+
+
+def test_a_self_check_that_cannot_run_says_so_and_names_the_flag():
+    class Float32Only(nn.Module):  # hard-codes its dtype: no float64 copy can run it
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.linear(x.to(torch.float32))
+
+    x = torch.randn(6, 4)
+    data = (x, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(cv.FisherSelfCheckError, match="could not run for model Float32Only.*"
+                       "fisher_self_check=false"):  # fmt: skip
+        cv.FisherOperator(Float32Only(), data, loss="cross_entropy")
+    operator = cv.FisherOperator(Float32Only(), data, loss="cross_entropy", self_check=False)
+    assert operator.dim == 15

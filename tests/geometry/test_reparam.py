@@ -228,3 +228,24 @@ def test_rescaled_step_with_cutoff_is_rescaled_step_plus_diagnostics():
         )
         assert torch.equal(delta, same) and torch.equal(fisher_phi, same_phi)
         assert cutoff.rank == (6 if method == "natgrad" else -1)
+
+
+def test_model_step_with_cutoff_reports_dense_cutoff_and_cg_progress():
+    from geomlab.geometry.curvature import FisherOperator
+
+    model, weight, inputs, labels = _linear_softmax()
+    operator = FisherOperator(model, (inputs, labels), loss="cross_entropy")
+    _, gradient, _ = sr.loss_and_gradient(weight, inputs, labels)
+    scale = reparam.two_block_scaling(10.0, 4, 6)
+    kwargs = {"method": "natgrad", "eta": 1e-2, "rcond": 1e-8}
+    _, dense = reparam.rescaled_model_step_with_cutoff(operator, gradient, scale, **kwargs)
+    assert dense.rank == 24 - 6 and dense.dropped == 6 and dense.dropped_above_floor == 0
+    seen = []
+    step, cg = reparam.rescaled_model_step_with_cutoff(
+        operator, gradient, scale, solver="cg", progress=lambda *e: seen.append(e), **kwargs
+    )
+    assert cg.rank == -1 and math.isnan(cg.cutoff)
+    assert [e[1] for e in seen] == list(range(1, len(seen) + 1)) and seen[0][2] == 240
+    assert float(seen[-1][3].removeprefix("residual ")) <= 1e-10
+    assert torch.equal(step, reparam.rescaled_model_step(operator, gradient, scale,
+                                                         solver="cg", **kwargs))  # fmt: skip

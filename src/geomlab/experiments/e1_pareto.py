@@ -340,6 +340,15 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     gates += [finite, runaway]
     if not runaway.passed:
         ctx.log.error("%s", runaway.message)
+    lost = raw["dropped_above_floor"].max() if "dropped_above_floor" in raw.columns else -1
+    rcond_warning = ""
+    if lost > 0:
+        rcond_warning = (
+            f"rcond={config.rcond:g} dropped up to {int(lost)} eigenvalues of the Fisher above its "
+            "round-off floor (P eps max|w|): the dense natgrad direction ignores that curvature "
+            "(a smaller rcond, e.g. 0 for a full-rank Fisher, keeps it)"
+        )
+        ctx.log.warning("%s", rcond_warning)
     solves = cg_converged_gate(raw, config)
     label = solve_label(raw)
     inexact = solves is not None and solves.details["n_unconverged_seeds"] > 0
@@ -385,6 +394,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         },
         "natgrad_solve": label,
         "natgrad_solve_converged": not inexact,
+        "rcond_warning": rcond_warning,
     }
     ctx.write_json("E1_summary.json", summary)
 

@@ -209,7 +209,7 @@ def invariance_any_model(
             delta, cutoff = reparam.rescaled_model_step_with_cutoff(
                 fisher, gradient, scale, method=method, eta=config.eta, solver=config.solver,
                 damping=config.damping, rcond=config.rcond, cg_tol=config.cg_tol,
-                fisher_matrix=dense,
+                fisher_matrix=dense, progress=progress,
             )  # fmt: skip
             if method is StepMethod.NATGRAD and cutoff.rank >= 0:
                 cutoffs.append(cutoff)

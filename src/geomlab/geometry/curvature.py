@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.outputs import TensorOutput, as_logits
+from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
 
 ProgressCallback = Callable[[str, int, "int | None", str], None]
 """``progress(stage, done, total, note)``: called by long geometry passes after each step
@@ -504,15 +504,25 @@ def fisher_self_check(
         return None
     inputs, targets = as_batches(data)[0]
     inputs, targets = inputs[:n_samples], targets[:n_samples]
-    reference = copy.deepcopy(model).to(torch.float64)
     x = inputs.to(torch.float64) if inputs.is_floating_point() else inputs
     y = targets.to(torch.float64) if targets.is_floating_point() else targets
-    operator = FisherOperator(reference, (x, y), loss=loss, self_check=False)
-    generator = torch.Generator().manual_seed(0)
-    vectors = torch.randn(operator.dim, n_vectors, dtype=torch.float64, generator=generator)
-    vectors = vectors.to(x.device)
-    fast = operator.matvec(vectors)
-    expected = fisher_product_reference(reference, x, vectors, loss=loss)
+    try:
+        reference = copy.deepcopy(model).to(torch.float64)
+        operator = FisherOperator(reference, (x, y), loss=loss, self_check=False)
+        generator = torch.Generator().manual_seed(0)
+        vectors = torch.randn(operator.dim, n_vectors, dtype=torch.float64, generator=generator)
+        vectors = vectors.to(x.device)
+        fast = operator.matvec(vectors)
+        expected = fisher_product_reference(reference, x, vectors, loss=loss)
+    except ModelOutputError:
+        raise
+    except Exception as error:  # the check itself could not run: say so, with the way out
+        raise FisherSelfCheckError(
+            f"Fisher self-check could not run for model {type(model).__name__} (a float64 copy "
+            f"on {x.shape[0]} samples): {type(error).__name__}: {error}. Make the model "
+            "copyable and dtype-agnostic, or turn the check off (fisher_self_check=false / "
+            "self_check=False)"
+        ) from error
     scale = max(float(expected.abs().max()), 1e-300)
     difference = float((fast - expected).abs().max()) / scale
     if not difference <= rtol:

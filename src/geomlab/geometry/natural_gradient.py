@@ -357,7 +357,10 @@ class NaturalGradient:
     ``min/max_eigenvalue`` of the undamped F (``dense`` only, for Gate A);
     ``converged``: ``cg`` met ``CG_RESIDUAL_SLACK * tolerance`` (always True for the other
     solvers, whose residual measures an approximation or a cutoff, not an unfinished solve);
-    ``tolerance`` the ``cg_tol`` asked for (NaN unless ``cg``).
+    ``tolerance`` the ``cg_tol`` asked for (NaN unless ``cg``);
+    ``dropped_above_floor``: eigenvalues of ``F + lambda I`` the ``rcond`` cutoff dropped although
+    they lie above the round-off floor ``P eps(dtype) max|w|`` (real curvature, e.g. of a
+    full-rank Fisher; ``dense`` only, -1 otherwise).
     """
 
     direction: torch.Tensor
@@ -373,6 +376,7 @@ class NaturalGradient:
     max_eigenvalue: float = float("nan")
     converged: bool = True
     tolerance: float = float("nan")
+    dropped_above_floor: int = -1
 
     def label(self) -> str:
         """How the direction was obtained, e.g. ``"CG, 10 iterations, residual 0.081"``."""
@@ -438,7 +442,7 @@ def _natural_gradient(
     progress,
 ) -> NaturalGradient:  # fmt: skip
     start = time.perf_counter()
-    null_share, rank, iterations = float("nan"), -1, 0
+    null_share, rank, iterations, lost = float("nan"), -1, 0, -1
     extremes = (float("nan"), float("nan"))
     converged, tolerance = True, float("nan")
     if solver is Solver.DENSE:
@@ -451,6 +455,8 @@ def _natural_gradient(
         null = eigenvalues <= rcond * float(eigenvalues.abs().max())
         null_share = float(coords[null].pow(2).sum() / coords.pow(2).sum())
         rank = int(keep.sum())
+        floor = len(shifted) * torch.finfo(shifted.dtype).eps * float(shifted.abs().max())
+        lost = int((~keep & (shifted > floor)).sum())
         extremes = (float(eigenvalues.min()), float(eigenvalues.max()))
     elif solver is Solver.CG:
         cap = 10 * gradient.numel() if cg_max_iterations is None else cg_max_iterations
@@ -509,6 +515,7 @@ def _natural_gradient(
         max_eigenvalue=extremes[1],
         converged=converged,
         tolerance=tolerance,
+        dropped_above_floor=lost,
     )
 
 
@@ -539,7 +546,7 @@ def output_kl(before: torch.Tensor, after: torch.Tensor, *, loss: LossKind) -> t
 
 DIAGNOSTIC_COLUMNS = [
     "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
-    "direction_seconds", "cg_tol", "solve_converged",
+    "direction_seconds", "cg_tol", "solve_converged", "dropped_above_floor",
 ]  # fmt: skip
 
 
@@ -579,6 +586,7 @@ class ModelStepPair:
                     "direction_seconds": solve.seconds if solve else 0.0,
                     "cg_tol": solve.tolerance if solve else float("nan"),
                     "solve_converged": solve.converged if solve else True,
+                    "dropped_above_floor": solve.dropped_above_floor if solve else -1,
                 })  # fmt: skip
         return rows
 

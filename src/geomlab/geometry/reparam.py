@@ -19,6 +19,7 @@ from geomlab.geometry.curvature import (
     Batch,
     FisherOperator,
     LossKind,
+    ProgressCallback,
     flatten,
     model_outputs,
     unflatten,
@@ -378,9 +379,11 @@ def rescaled_model_step_with_cutoff(
     cg_tol: float = 1e-10,
     cg_max_iterations: int | None = None,
     fisher_matrix: torch.Tensor | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[torch.Tensor, SolveCutoff]:
     """One step of size ``eta`` taken in coordinates ``phi`` (theta = S * phi), mapped back,
-    and the :class:`SolveCutoff` of its dense pseudo-inverse (empty for SGD and CG).
+    and the :class:`SolveCutoff` of its dense pseudo-inverse (empty for SGD and CG);
+    ``progress("CG", iteration, cap, "residual r")`` per CG iteration.
 
     ``delta_theta = -eta S^2 g`` (SGD) or ``-eta S (S F S + lambda I)^+ (S g)`` (NG), with
     the rescaled Fisher applied as ``u -> S * F(S * u)`` (``cg``) or formed (``dense``,
@@ -411,9 +414,15 @@ def rescaled_model_step_with_cutoff(
         pinv = symmetric_pseudo_inverse(fisher_phi + damping * eye, rcond=rcond)
         return scale * (-eta * pinv.apply(grad_phi)), solve_cutoff(pinv, grad_phi)
     if solver is Solver.CG:
+        cap = 10 * grad_phi.numel() if cg_max_iterations is None else cg_max_iterations
+
+        def report(iteration: int, residual: float) -> None:
+            if progress is not None:
+                progress("CG", iteration, cap, f"residual {residual:.3g}")
+
         result = conjugate_gradient(lambda u: scale * fisher.matvec(scale * u) + damping * u,
-                                    grad_phi, tol=cg_tol,
-                                    max_iterations=cg_max_iterations)  # fmt: skip
+                                    grad_phi, tol=cg_tol, max_iterations=cg_max_iterations,
+                                    callback=report)  # fmt: skip
         return scale * (-eta * result.solution), SolveCutoff()
     raise ValueError(f"rescaled steps support solver dense or cg, got {solver.value!r}")
 
