@@ -357,3 +357,18 @@ def test_truncated_manifest_is_named_in_show_and_report(tmp_path):
         assert result.exit_code == 2, result.output
         assert str(run_dir / "manifest.json") in result.output.replace("\n", "")
         assert "not valid JSON" in result.output
+
+
+def test_a_refused_model_exits_2_naming_what_was_refused(tmp_path, monkeypatch):
+    # K-FAC has no factors for attention, norms or a CLS token: refused before any work, as bad
+    # input (2), not as a run that failed while working (3).
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples"))
+    args = ["run", "e1", "--preset", "quick", "--set", "model=transformer:build_model",
+            "--set", "data=transformer:load_data", "--set", "n_samples=60",
+            "--set", "n_seeds=1", "--set", 'methods=["sgd","kfac"]',
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "refused: UnsupportedShapeError" in result.output
+    assert "requires_grad_(False)" in result.output
+    assert not (tmp_path / "r" / "E1_results_raw.csv").exists()

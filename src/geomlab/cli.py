@@ -110,7 +110,7 @@ def run(
         what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
         raise fail(f"{what}; rerun with the same --out to resume", EXIT_RUN_FAILED) from None
     except Exception as error:  # the manifest and log hold the details
-        raise fail(f"run failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED) from error
+        raise _failure(error) from error
 
     if outcome.status == "already_complete":
         console.print(f"{outcome.out_dir} already holds a finished run (use --force to redo it)")
@@ -123,6 +123,16 @@ def run(
             err_console.print(f"[yellow]warning:[/] {message}")
         else:
             raise fail(message, EXIT_GATES_FAILED)
+
+
+def _failure(error: Exception) -> typer.Exit:
+    """A run that stopped on an error: exit 2 when geomlab refused the model or input (an exact
+    path cannot cover it; see docs/your-model.md), 3 when it failed while working."""
+    from geomlab.geometry.refusal import Refused
+
+    if isinstance(error, Refused):
+        return fail(f"refused: {type(error).__name__}: {error}", EXIT_BAD_INPUT)
+    return fail(f"run failed: {type(error).__name__}: {error}", EXIT_RUN_FAILED)
 
 
 def _print_headline(manifest: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from torch.func import functional_call, jacrev
 
 from geomlab.geometry.attention import math_attention
 from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
+from geomlab.geometry.refusal import Refused
 
 ProgressCallback = Callable[[str, int, "int | None", str], None]
 """``progress(stage, done, total, note)``: called by long geometry passes after each step
@@ -41,15 +42,15 @@ what to show (see ``geomlab.experiments.softmax_common.progress_logger``)."""
 SAMPLE_CHUNK_ELEMENTS = 1 << 21  # ~16 MB of float64 per chunk of packed x x^T rows
 
 
-class UnsupportedShapeError(ValueError):
+class UnsupportedShapeError(Refused, ValueError):
     """A fast path was given tensors outside the model family it is exact for."""
 
 
-class NonFiniteOutputError(ValueError):
+class NonFiniteOutputError(Refused, ValueError):
     """The model's outputs (or loss, or gradient) are NaN/inf before any step was taken."""
 
 
-class FisherSelfCheckError(RuntimeError):
+class FisherSelfCheckError(Refused, RuntimeError):
     """curvlinops' Fisher-vector products disagree with the independent float64 reference."""
 
 

@@ -62,6 +62,7 @@ from geomlab.geometry.eligibility import (  # noqa: F401 - re-exported for calle
     rng_devices,
 )
 from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
+from geomlab.geometry.refusal import Refused
 from geomlab.geometry.taylor import (
     Loss,
     UnsupportedOperation,
@@ -445,7 +446,7 @@ order), so an order whose true value is zero (MSE of a linear output, n ≥ 3) i
 rounding, not against itself."""
 
 
-class SelfCheckError(ValueError):
+class SelfCheckError(Refused, ValueError):
     """A fast path disagreed with the nested reference on the model (float64, a few samples)."""
 
     def __init__(self, model_class: str, path: str, order: int, error: float, loss: str) -> None:
@@ -460,7 +461,7 @@ class SelfCheckError(ValueError):
         )
 
 
-class SelfCheckUnavailable(ValueError):
+class SelfCheckUnavailable(Refused, ValueError):
     """The self-check could not run: the model cannot be deep-copied to float64."""
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geomlab.geometry.refusal import Refused
+
 __all__ = ["ModelOutputError", "TensorOutput", "as_logits"]
 
 
-class ModelOutputError(TypeError):
+class ModelOutputError(Refused, TypeError):
     """The model's output is neither a tensor nor an object carrying ``logits``."""
 
 
