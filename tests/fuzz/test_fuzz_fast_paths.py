@@ -202,18 +202,22 @@ def test_taylor_mode_mse_series_matches_nested(seed):
 
 @pytest.mark.parametrize("seed", range(0, SEEDS, 6))
 def test_penalty_parameter_gradients_match_nested(seed):
-    """Reverse mode through the Taylor pass (the penalty's gradient, which lambda-control
-    trains with) against nested autograd with ``create_graph``, orders 1..3."""
+    """Reverse mode through the Taylor pass (what the penalty's gradient, which lambda-control
+    trains with, runs through) against nested autograd with ``create_graph``, orders 1..3.
+
+    The penalty here is ``Σ d²``, not the library's ``mean |d|``: where a network's derivatives
+    vanish identically (seed 1362 of 2,000: LayerNorm, then an input-independent mix), ``|d|``
+    sits on its kink and either path's gradient is a subgradient with rounding-noise signs."""
     model, inputs, labels, u = taylor_case(seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     with reseeded(seed), math_attention():
         nested = deriv.nested_directional_derivatives(
             model, inputs, labels, u, max_order=3, create_graph=True
         )
-    expected = torch.autograd.grad(deriv.derivative_penalty(nested), parameters, allow_unused=True)
+    expected = torch.autograd.grad(nested.square().sum(), parameters, allow_unused=True)
     with reseeded(seed):
         values, _ = deriv.taylor_directional_derivatives(model, inputs, labels, u, max_order=3)
-    grads = torch.autograd.grad(deriv.derivative_penalty(values), parameters, allow_unused=True)
+    grads = torch.autograd.grad(values.square().sum(), parameters, allow_unused=True)
 
     def flat(tensors):
         return torch.cat(
