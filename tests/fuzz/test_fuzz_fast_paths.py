@@ -14,7 +14,7 @@ Random networks from :mod:`geomlab.testing.netgen` (one per seed; a failure prin
 * every registered Taylor rule is reached by the CI seeds (a new rule without fuzz coverage
   fails :func:`test_every_taylor_rule_is_reached`).
 
-CI runs a fixed seed set (about 30 s on one core); ``GEOMLAB_FUZZ_SEEDS=2000 make fuzz`` runs
+CI runs a fixed seed set (about 15 s on one core); ``GEOMLAB_FUZZ_SEEDS=2000 make fuzz`` runs
 more.
 """
 
@@ -42,7 +42,7 @@ MAX_ORDER = 4
 REL_TOL = 1e-8  # per order, relative to the largest |reference| (float64; bugs are O(1))
 SCALE_FLOOR = 1e-6  # an order whose derivatives all vanish (saturated softmax) is compared
 # absolutely, to 1e-14: nested autograd's own rounding there is far above REL_TOL relative
-SEEDS = int(os.environ.get("GEOMLAB_FUZZ_SEEDS", 2 * len(VOCABULARY)))
+SEEDS = int(os.environ.get("GEOMLAB_FUZZ_SEEDS", 3 * len(VOCABULARY)))
 PIECEWISE_LINEAR_SEEDS = max(SEEDS // 3, 40)
 FISHER_SEEDS = max(SEEDS // 8, 16)
 
@@ -150,9 +150,10 @@ def test_taylor_mode_and_fast_match_nested(seed):
 
 
 def nested_mse_reference(model, inputs, targets, u) -> torch.Tensor:
-    """``deriv.nested_directional_derivatives(..., loss="mse")`` where the loss's degree in t may
-    be below MAX_ORDER: the library's reference raises there (a piecewise-linear network's
-    MSE is quadratic, so d_3 has no graph) — reported; this twin returns the zeros instead."""
+    """``deriv.nested_directional_derivatives(..., loss="mse")`` with zeros where the loss's
+    degree in t is below MAX_ORDER (a piecewise-linear network's MSE is quadratic, so d_3 has no
+    graph): the library reference of this branch's base raised there (seeds 86, 91); the twin
+    keeps the check independent of that fix."""
     statistics = None
     if has_training_modules(model):
         statistics = deriv.capture_batch_statistics(model, inputs, differentiable=False)
