@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The differential fuzzer with many more random networks than CI's fixed seeds (nightly-style;
-# about 10 minutes on one core at the default). GEOMLAB_FUZZ_SEEDS sets the Taylor-mode seeds.
+# about 3 minutes on one core at the default). GEOMLAB_FUZZ_SEEDS sets the Taylor-mode seeds.
 GEOMLAB_FUZZ_SEEDS ?= 2000
 fuzz: $(STAMP)
 	GEOMLAB_FUZZ_SEEDS=$(GEOMLAB_FUZZ_SEEDS) $(BIN)/python -m pytest tests/fuzz -q
