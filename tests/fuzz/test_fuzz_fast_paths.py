@@ -121,7 +121,7 @@ def taylor_case(seed: int):
 
 
 def reference(model, inputs, labels, u, seed):
-    with reseeded(seed), math_attention():  # (until the reference wraps itself)
+    with reseeded(seed):
         return deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
 
 

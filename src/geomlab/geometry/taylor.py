@@ -55,12 +55,13 @@ from geomlab.geometry.eligibility import (
     written_arguments,
 )
 from geomlab.geometry.outputs import as_logits
+from geomlab.geometry.refusal import Refused
 
 Loss = Literal["cross_entropy", "mse"]
 Coefficients = list[torch.Tensor]  # [h_1, ..., h_d], each [K, *h₀.shape]; d ≤ max order
 
 
-class UnsupportedOperation(ValueError):
+class UnsupportedOperation(Refused, ValueError):
     """An op the Taylor pass has no rule for (or a write it cannot follow exactly)."""
 
     def __init__(self, op: str, detail: str = "") -> None:
