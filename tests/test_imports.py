@@ -139,6 +139,9 @@ def test_every_layer_imports_only_downwards():
     assert "geomlab.geometry.gd_tracking" in graph and "geomlab.remeasure" in graph
     assert "geomlab.experiments.lambda_control.experiment" in graph["geomlab.remeasure"]
     assert layering_violations(graph) == []
+    testing = "geomlab.testing"  # test helpers: the library never depends on them
+    assert [f"{m} -> {t}" for m, ts in graph.items() if not _within(m, testing)
+            for t in ts if _within(t, testing)] == []  # fmt: skip
 
 
 def test_no_experiment_imports_another():
