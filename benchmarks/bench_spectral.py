@@ -24,9 +24,10 @@ import time
 
 import torch
 
+from geomlab.data.spiked import draw_shared_init, draw_teacher_data
 from geomlab.experiments import alignment
 from geomlab.geometry import spectral
-from geomlab.geometry.gd_tracking import draw_problem, draw_shared_init
+from geomlab.geometry.gd_tracking import spiked_problem
 from geomlab.models import two_layer
 from geomlab.models.two_layer import Activation, OuterInit
 
@@ -56,10 +57,11 @@ def bench_size(
     generator = torch.Generator().manual_seed(0)
     q, W0, a = draw_shared_init(d=d, k=k, outer_init=OuterInit.RADEMACHER, generator=generator,
                                 dtype=torch.float32)  # fmt: skip
-    problem = draw_problem(
-        q=q, W0=W0, a=a, teacher=Activation.SIGMOID, n_train=n, n_test=n, nu=0.125, alpha=0.0,
-        label_noise=1.0, generator=generator, device=torch.device("cpu"),
+    data = draw_teacher_data(
+        q, teacher=Activation.SIGMOID, n_train=n, n_test=n, nu=0.125, alpha=0.0,
+        label_noise=1.0, generator=generator,
     )  # fmt: skip
+    problem = spiked_problem(data, q=q, W0=W0, a=a, device=torch.device("cpu"))
     gamma, lr = 1 / math.sqrt(k), 2 * math.sqrt(k)
     W = problem.W0.clone()
     # ‖W_0‖₂ is solved once per comparison in the experiment (both runs start from W_0), so it

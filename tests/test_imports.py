@@ -1,5 +1,7 @@
-"""The import structure: no cycles anywhere in src/, every module importable on its own terms,
-and a light command line (``geomlab --help`` / ``list`` never import torch, pandas or matplotlib).
+"""The import structure: no cycles anywhere in src/, layers that import only downwards (geometry
+is pure science, experiments are wiring below the runner), every module importable on its own
+terms, and a light command line (``geomlab --help`` / ``list`` never import torch, pandas or
+matplotlib).
 """
 
 from __future__ import annotations
@@ -80,6 +82,87 @@ def test_no_import_cycles_in_src():
     assert "geomlab.experiments.base" in graph and "geomlab.config" in graph
     assert "geomlab.config" in graph["geomlab.experiments.base"]  # the edge points one way
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+# Layering (docs: ARCHITECTURE "data flows down, imports point down"): package prefix -> the
+# geomlab packages/modules it must not import, at any depth (function-level imports included).
+# Geometry is the science on tensors and modules: no data loading, no experiment, no run
+# directory, no file I/O, no command line. Experiments are wiring that the runner calls: they
+# never reach up into the runner, the CLI or the other edges.
+EDGES = ("geomlab.runner", "geomlab.cli", "geomlab.remeasure", "geomlab.sweep", "geomlab.report")
+LAYERS: dict[str, tuple[str, ...]] = {
+    "geomlab.geometry": (
+        "geomlab.data", "geomlab.experiments", "geomlab.io", "geomlab.rundir", "geomlab.plots",
+        "geomlab.training", "geomlab.config", *EDGES,
+    ),
+    "geomlab.experiments": EDGES,
+    "geomlab.models": ("geomlab.experiments", *EDGES),
+    "geomlab.data": ("geomlab.experiments", *EDGES),
+}  # fmt: skip
+# Known exceptions, each an edge owned elsewhere and named with why (none today).
+KNOWN_LAYERING_EXCEPTIONS: set[tuple[str, str]] = set()
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layering_violations(
+    graph: dict[str, set[str]], layers: dict[str, tuple[str, ...]] = LAYERS
+) -> list[str]:
+    """``importer -> imported`` for every import that points up a layer."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for layer, forbidden in layers.items()
+        if _within(module, layer)
+        for target in targets
+        if any(_within(target, f) for f in forbidden)
+        and (module, target) not in KNOWN_LAYERING_EXCEPTIONS
+    )
+
+
+def test_the_layering_check_finds_an_upward_import():
+    graph = {
+        "geomlab.geometry.spectral": {"geomlab.data.spiked", "geomlab.models.two_layer"},
+        "geomlab.experiments.x": {"geomlab.runner", "geomlab.geometry.spectral"},
+        "geomlab.geometrics": {"geomlab.runner"},  # a prefix is a package, not a string prefix
+    }
+    assert layering_violations(graph) == [
+        "geomlab.experiments.x -> geomlab.runner",
+        "geomlab.geometry.spectral -> geomlab.data.spiked",
+    ]
+
+
+def test_every_layer_imports_only_downwards():
+    graph = import_graph()
+    assert "geomlab.geometry.gd_tracking" in graph and "geomlab.remeasure" in graph
+    assert "geomlab.experiments.lambda_control.experiment" in graph["geomlab.remeasure"]
+    assert layering_violations(graph) == []
+    testing = "geomlab.testing"  # test helpers: the library never depends on them
+    assert [f"{m} -> {t}" for m, ts in graph.items() if not _within(m, testing)
+            for t in ts if _within(t, testing)] == []  # fmt: skip
+
+
+def test_no_experiment_imports_another():
+    from geomlab.experiments import REGISTRY
+
+    def family(module: str) -> str:  # a family is its module, or its package (lambda_control)
+        package = module.rpartition(".")[0]
+        return package if package != "geomlab.experiments" else module
+
+    families = {family(entry.module) for entry in REGISTRY.values()}
+    graph = import_graph()
+    crossing = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for mine in families
+        if _within(module, mine)
+        for target in targets
+        for other in families - {mine}
+        if _within(target, other)
+    )
+    assert len(families) == len(REGISTRY) and crossing == []
 
 
 def _python(code: str) -> str:

@@ -159,3 +159,25 @@ def test_a_received_manifest_of_the_wrong_shape_is_named(tmp_path):
     code, text = in_process(["measure-lambda", str(run_dir), "--device", "cpu"])
     assert code == 2, text
     assert "'config'" in text and str(run_dir / "manifest.json") in text
+
+
+def test_a_measurement_is_kept_under_the_runners_config_hash(tmp_path):
+    """One config hash: the default directory of a measurement is named by the hash the runner
+    records in its manifest (and keys its resume pieces by), so the same settings are found
+    again and measured once."""
+    from geomlab.models.mnist_cnn import build_mnist_cnn
+    from geomlab.remeasure import MEASURE_EXPERIMENT, measure_lambda_from_run
+    from geomlab.runner import config_hash
+
+    run_dir = received_run(tmp_path)
+    model = build_mnist_cnn(seed=0, dropout=0.0, device="cpu")
+    torch.save(model.state_dict(), run_dir / "checkpoints" / "baseline_seed0.pt")
+    table = measure_lambda_from_run(run_dir, device="cpu")
+    out = Path(table.attrs["out_dir"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = MEASURE_EXPERIMENT.make_config("default", {"source": str(run_dir), "device": "cpu"})
+    assert out.parent == run_dir.resolve() / "measure-lambda"
+    assert out.name == manifest["config_hash"] == config_hash("measure-lambda", config)
+    assert manifest["status"] == "complete" and list(table["pair"]) == ["4v9"]
+    again = measure_lambda_from_run(run_dir, device="cpu")
+    assert again.attrs["out_dir"] == table.attrs["out_dir"]

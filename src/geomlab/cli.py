@@ -393,7 +393,7 @@ def measure_lambda(
     """Re-measure λ from a run's saved models (other pairs, ranges, K) without retraining."""
     from pydantic import ValidationError
 
-    from geomlab.experiments.lambda_control import measure_lambda_from_run
+    from geomlab.remeasure import measure_lambda_from_run
 
     chosen = [*(pairs or []), *(more_pairs or [])]
     try:

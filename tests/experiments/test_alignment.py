@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from geomlab.data import spiked
 from geomlab.experiments import alignment
 from geomlab.geometry import gd_tracking
 from geomlab.models import two_layer
@@ -173,12 +174,13 @@ def test_notebook_parameterization_runs_with_gamma_squared(tmp_path, fake_contex
     assert set(metrics["parameterization"]) == {"notebook"} and metrics["run"].nunique() == 2
     # Same data and W_0 under notebook outer weights: reproduce epoch 0's train MSE by hand.
     g = torch.Generator().manual_seed(alignment.family_seed(config.seed, "relu-vs-sigmoid"))
-    q, W0, a = gd_tracking.draw_shared_init(d=24, k=30, outer_init="notebook_binary",
-                                          generator=g, dtype=torch.float64)  # fmt: skip
-    problem = gd_tracking.draw_problem(
-        q=q, W0=W0, a=a, teacher="sigmoid", n_train=20, n_test=16, nu=0.125, alpha=0.0,
-        label_noise=1.0, generator=g, device=torch.device("cpu"),
+    q, W0, a = spiked.draw_shared_init(d=24, k=30, outer_init="notebook_binary",
+                                       generator=g, dtype=torch.float64)  # fmt: skip
+    data = spiked.draw_teacher_data(
+        q, teacher="sigmoid", n_train=20, n_test=16, nu=0.125, alpha=0.0, label_noise=1.0,
+        generator=g,
     )  # fmt: skip
+    problem = gd_tracking.spiked_problem(data, q=q, W0=W0, a=a, device=torch.device("cpu"))
     gamma = 30**-0.5
     by_hand = gamma * (gamma * (a @ torch.relu(W0 @ problem.x.T)))
     first = metrics[(metrics["activation"] == "relu") & (metrics["epoch"] == 0)].iloc[0]

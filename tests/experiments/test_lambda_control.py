@@ -21,6 +21,7 @@ from geomlab.experiments import get
 from geomlab.experiments import lambda_control as lc
 from geomlab.experiments.lambda_control.types import Condition
 from geomlab.geometry import derivatives as deriv
+from geomlab.remeasure import measure_lambda_from_run
 from geomlab.runner import run_experiment
 
 TINY = {
@@ -151,7 +152,7 @@ def test_resume_does_not_retrain_and_gives_identical_tables(tiny_run, monkeypatc
 
 def test_measure_lambda_from_run_reproduces_and_extends(tiny_run):
     outcome, _, _ = tiny_run
-    table = lc.measure_lambda_from_run(outcome.out_dir, pairs="4v9 1,7", device="cpu")
+    table = measure_lambda_from_run(outcome.out_dir, pairs="4v9 1,7", device="cpu")
     assert len(table) == 6 * 2
     models = pd.read_csv(outcome.out_dir / "models.csv").set_index(["condition", "seed"])
     same = table[table["pair"] == "4v9"].set_index(["condition", "seed"])
@@ -169,7 +170,7 @@ def test_measure_lambda_from_run_reproduces_and_extends(tiny_run):
     assert manifest["config"]["source"] == str(outcome.out_dir.resolve())
     assert manifest["config"]["pairs"] == [[4, 9], [1, 7]]
     # the same settings again: the finished measurement is reused, same table
-    again = lc.measure_lambda_from_run(outcome.out_dir, pairs=["4v9", "1v7"], device="cpu")
+    again = measure_lambda_from_run(outcome.out_dir, pairs=["4v9", "1v7"], device="cpu")
     assert again.attrs["out_dir"] == table.attrs["out_dir"]
     pd.testing.assert_frame_equal(again, table)
 
@@ -339,7 +340,7 @@ def test_a_users_classifier_runs_and_is_remeasured(tiny_run, tmp_path):
     built = lc.experiment.build_model(config, seed=0, device="cpu")
     for a, b in zip(reference.parameters(), built.parameters(), strict=True):
         assert torch.equal(a, b)
-    table = lc.measure_lambda_from_run(
+    table = measure_lambda_from_run(
         outcome.out_dir, device="cpu", boundary="pairwise", trust_model=True
     )  # the run names a model factory: a received run's code runs only when trusted
     assert len(table) == 2 and set(table["pair"]) == {"4v9"}

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from geomlab.data import spiked
 from geomlab.geometry import gd_tracking, spectral
 from geomlab.models import two_layer
 
@@ -12,13 +13,14 @@ def test_checkpoints_cover_start_and_end():
 
 def _tiny_problem(seed=0, *, outer="rademacher", teacher="relu"):
     g = torch.Generator().manual_seed(seed)
-    q, W0, a = gd_tracking.draw_shared_init(
+    q, W0, a = spiked.draw_shared_init(
         d=12, k=15, outer_init=outer, generator=g, dtype=torch.float64
     )
-    return gd_tracking.draw_problem(
-        q=q, W0=W0, a=a, teacher=teacher, n_train=10, n_test=8, nu=0.25, alpha=0.0,
-        label_noise=0.5, generator=g, device=torch.device("cpu"),
+    data = spiked.draw_teacher_data(
+        q, teacher=teacher, n_train=10, n_test=8, nu=0.25, alpha=0.0, label_noise=0.5,
+        generator=g,
     )  # fmt: skip
+    return gd_tracking.spiked_problem(data, q=q, W0=W0, a=a, device=torch.device("cpu"))
 
 
 def test_tracked_metrics_match_dense_recomputation():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from geomlab.models import two_layer
 from geomlab.models.two_layer import Activation, activation_function
 
 
@@ -127,3 +128,20 @@ def draw_teacher_data(
     return SpikedTeacherData(
         x=train.x, bulk=train.bulk, y=y, x_test=test.x, y_test=y_test, beta=beta, zeta=zeta
     )
+
+
+def draw_shared_init(
+    *,
+    d: int,
+    k: int,
+    outer_init: two_layer.OuterInit,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spike q (d,), inner weights W0 (k×d) and outer weights a (k,), in the notebook's order:
+    what the runs compared with each other share (their data then comes from
+    :func:`draw_teacher_data` with this q, on the same generator)."""
+    q = random_unit_vector(d, generator=generator, dtype=dtype)
+    W0 = two_layer.init_inner_weights(k, d, generator=generator, dtype=dtype)
+    a = two_layer.init_outer_weights(k, kind=outer_init, generator=generator, dtype=dtype)
+    return q, W0, a

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from geomlab.data import spiked
 from geomlab.data.spiked import spike_strength
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult, Seed
 from geomlab.geometry import gd_tracking, spectral
@@ -348,18 +349,21 @@ def run(config: Config, ctx: RunContext) -> RunResult:
     plan = comparisons(config)
     for family in config.families:
         generator = torch.Generator().manual_seed(family_seed(config.seed, family))
-        q, W0, a = gd_tracking.draw_shared_init(
+        q, W0, a = spiked.draw_shared_init(
             d=config.d, k=config.k, generator=generator, dtype=dtype,
             outer_init=outer_init_for(family, config.parameterization),
         )  # fmt: skip
         problems: dict[str, gd_tracking.SpikedProblem] = {}
         for comparison in (c for c in plan if c.family == family):
             if comparison.teacher not in problems:
-                problems[comparison.teacher] = gd_tracking.draw_problem(
-                    q=q, W0=W0, a=a, teacher=comparison.teacher, n_train=config.n_train,
+                data = spiked.draw_teacher_data(
+                    q, teacher=comparison.teacher, n_train=config.n_train,
                     n_test=config.n_test, nu=comparison.nu, alpha=config.alpha,
-                    label_noise=config.label_noise, generator=generator, device=device,
+                    label_noise=config.label_noise, generator=generator,
                 )  # fmt: skip
+                problems[comparison.teacher] = gd_tracking.spiked_problem(
+                    data, q=q, W0=W0, a=a, device=device
+                )
                 gates.append(_reference_gate(problems[comparison.teacher], comparison, config))
             problem = problems[comparison.teacher]
             key = f"alignment-{family}-{comparison.setting}"

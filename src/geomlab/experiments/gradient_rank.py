@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from pydantic import Field, model_validator
 
+from geomlab.data import spiked
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult, Seed
 from geomlab.geometry import gd_tracking, spectral
 from geomlab.geometry.gates import (
@@ -87,14 +88,15 @@ RANK_COLUMNS = [
 def gradient_at_init(config: Config, nu: float, seed: int, device: torch.device):
     """The initial gradient, its fast top-k triplets and the problem it was taken on."""
     generator = torch.Generator().manual_seed(seed)
-    q, W0, a = gd_tracking.draw_shared_init(
+    q, W0, a = spiked.draw_shared_init(
         d=config.d, k=config.k, outer_init=two_layer.default_outer_init(config.parameterization),
         generator=generator, dtype=torch.float64,
     )  # fmt: skip
-    problem = gd_tracking.draw_problem(
-        q=q, W0=W0, a=a, teacher=config.teacher, n_train=config.n_train, n_test=1, nu=nu,
-        alpha=config.alpha, label_noise=config.label_noise, generator=generator, device=device,
+    data = spiked.draw_teacher_data(
+        q, teacher=config.teacher, n_train=config.n_train, n_test=1, nu=nu, alpha=config.alpha,
+        label_noise=config.label_noise, generator=generator,
     )  # fmt: skip
+    problem = gd_tracking.spiked_problem(data, q=q, W0=W0, a=a, device=device)
     scale = two_layer.output_scale(config.gamma_scale.gamma(config.k), config.parameterization)
     gradient, prediction = two_layer.inner_weight_gradient(
         problem.x, problem.y, problem.W0, problem.a, activation=config.activation, scale=scale

@@ -1,8 +1,9 @@
 """Full-batch GD of the two-layer net on spiked data, measured at every epoch.
 
-The measurement protocol of the low-rank-gradient study (Sonthalia, Murray, Montúfar): draw a
-spike q, the initial weights and a teacher's data (:func:`draw_shared_init`,
-:func:`draw_problem`), train f(x) = s·aᵀσ(Wx) by W ← rownorm(W − (lr/γ)∇W) and record, at every
+The measurement protocol of the low-rank-gradient study (Sonthalia, Murray, Montúfar): given a
+spike q, the initial weights and a teacher's data (drawn by :mod:`geomlab.data.spiked`, wired by
+the experiment into a :class:`SpikedProblem` by :func:`spiked_problem`), train
+f(x) = s·aᵀσ(Wx) by W ← rownorm(W − (lr/γ)∇W) and record, at every
 W_t, the loss, the gradient's top singular triplets and their alignment with the spike and the
 residue direction (:func:`geomlab.geometry.spectral.gradient_alignment_metrics`), ‖W‖₂, the
 fraction of ‖W‖_F in span(Xᵀy, q), and at checkpoint epochs the top-r right singular
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from geomlab.data.spiked import draw_teacher_data, random_unit_vector
 from geomlab.geometry import spectral
 from geomlab.models import two_layer
 
@@ -63,41 +64,29 @@ class TrackedRun:
     unconverged_angles: int = 0  # checkpoint subspace solves that hit max_iter
 
 
-def draw_shared_init(
-    *,
-    d: int,
-    k: int,
-    outer_init: two_layer.OuterInit,
-    generator: torch.Generator,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Spike q (d,), inner weights W0 (k×d) and outer weights a (k,), in the notebook's order."""
-    q = random_unit_vector(d, generator=generator, dtype=dtype)
-    W0 = two_layer.init_inner_weights(k, d, generator=generator, dtype=dtype)
-    a = two_layer.init_outer_weights(k, kind=outer_init, generator=generator, dtype=dtype)
-    return q, W0, a
+class TeacherData(Protocol):
+    """Spiked train and test data with a teacher's targets (e.g.
+    :class:`geomlab.data.spiked.SpikedTeacherData`): the tensors :func:`spiked_problem` reads."""
+
+    x: torch.Tensor
+    bulk: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    zeta: float
 
 
-def draw_problem(
+def spiked_problem(
+    data: TeacherData,
     *,
     q: torch.Tensor,
     W0: torch.Tensor,
     a: torch.Tensor,
-    teacher: two_layer.Activation,
-    n_train: int,
-    n_test: int,
-    nu: float,
-    alpha: float,
-    label_noise: float,
-    generator: torch.Generator,
-    device: torch.device,
+    device: torch.device | str,
 ) -> SpikedProblem:
-    """A teacher's train and test data (:func:`geomlab.data.spiked.draw_teacher_data`, drawn
-    on the CPU generator) with the shared q, W0, a, all moved to ``device``."""
-    data = draw_teacher_data(
-        q, teacher=teacher, n_train=n_train, n_test=n_test, nu=nu, alpha=alpha,
-        label_noise=label_noise, generator=generator,
-    )  # fmt: skip
+    """The problem the runs share: ``data``'s tensors with the spike q and the initial weights
+    W0, a, all moved to ``device``, and the orthonormal basis of span(Xᵀy, q) (computed where
+    ``data`` lives, in float64) that :func:`epoch_metrics` measures energy in."""
     span = spectral.orthonormal_basis(torch.stack([data.x.mT @ data.y, q], dim=1).double())
     return SpikedProblem(
         x=data.x.to(device),
@@ -179,7 +168,7 @@ def train_and_track(
     previous checkpoint (``w0_top`` / ``w0_basis``: precomputed for W_0, shared by the runs).
 
     Args:
-        problem: data and initialization (:func:`draw_problem`).
+        problem: data and initialization (:func:`spiked_problem`).
         activation: the student's σ.
         gamma: γ of the step W − (lr/γ)∇W.
         scale: the output scale s of f = s·aᵀσ(Wx) (:func:`two_layer.output_scale`).

@@ -3,7 +3,9 @@
 * ``types``: the typed options (training conditions, class pairs) and their CLI syntax;
 * ``experiment``: the Config, presets and ``run`` (data → model → training → λ → tables →
   figures), registered as ``lambda-control``;
-* ``measure``: ``geomlab measure-lambda``, λ re-measured from a finished run's checkpoints.
+
+``geomlab measure-lambda`` (λ re-measured from a finished run's checkpoints) reads received run
+directories and runs through the runner: it lives at the edge, in :mod:`geomlab.remeasure`.
 """
 
 from geomlab.experiments.lambda_control.experiment import (
@@ -17,26 +19,18 @@ from geomlab.experiments.lambda_control.experiment import (
     run,
     train_model,
 )
-from geomlab.experiments.lambda_control.measure import (
-    MEASURE_EXPERIMENT,
-    MeasureConfig,
-    measure_lambda_from_run,
-)
 from geomlab.experiments.lambda_control.types import ClassPair, Condition
 
 __all__ = [
     "EXPERIMENT",
     "FIT_COLUMNS",
-    "MEASURE_EXPERIMENT",
     "NOTEBOOK_CONDITIONS",
     "NOTEBOOK_PAIRS",
     "PRESETS",
     "ClassPair",
     "Condition",
     "Config",
-    "MeasureConfig",
     "load_data",
-    "measure_lambda_from_run",
     "run",
     "train_model",
 ]

@@ -1,10 +1,14 @@
 """``geomlab measure-lambda``: λ re-measured from a finished lambda-control run's checkpoints,
-as a run of its own through the runner (own directory, manifest, device from the resolver)."""
+as a run of its own through the runner (own directory, manifest, device from the resolver).
+
+An edge module, beside the runner: it reads a received run directory (its manifest is data,
+a model factory it names is imported only when trusted, checkpoints load as weights only) and
+runs the measurement through :func:`geomlab.runner.run_experiment`. The science it wires —
+boundary points, derivatives, λ fits — is lambda-control's (``measure_pairs``, ``fit_rows``)
+and geometry's; nothing under ``geomlab.experiments`` imports this module."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import pickle
 from pathlib import Path
@@ -29,7 +33,7 @@ from geomlab.experiments.lambda_control.experiment import (
 from geomlab.experiments.lambda_control.types import Condition, Pair, pairs_from_cli
 from geomlab.geometry.gates import finite_columns_gate
 from geomlab.models.loading import is_import_path
-from geomlab.runner import RunInputError
+from geomlab.runner import RunInputError, config_hash, run_experiment
 from geomlab.training import load_checkpoint
 
 
@@ -273,14 +277,14 @@ def measure_lambda_from_run(
     A run of its own (``measure-lambda``) through the runner: validated before any work, its
     own ``manifest.json`` listing what it wrote, the device from the runner's resolver. Writes
     ``lambda_remeasured.csv`` (one row per model and pair) and ``lambda_remeasured_fits.csv``
-    (per order) into ``out_dir`` (default ``RUN_DIR/measure-lambda/<settings hash>``, so the
-    same settings are measured once) and returns the first; ``table.attrs["out_dir"]`` says where.
+    (per order) into ``out_dir`` (default ``RUN_DIR/measure-lambda/<config hash>``, the
+    runner's :func:`~geomlab.runner.config_hash` of this measurement, the one its manifest
+    records: the same settings are measured once) and returns the first;
+    ``table.attrs["out_dir"]`` says where.
 
     A model factory the run's manifest names by import path is imported only with
     ``trust_model`` or when ``model`` names one (see :class:`MeasureConfig`).
     """
-    from geomlab.runner import run_experiment
-
     overrides = {
         "source": str(run_dir), "pairs": pairs, "prob_range": prob_range, "boundary": boundary,
         "lambda_max_order": max_order, "lambda_directions": num_directions,
@@ -291,8 +295,7 @@ def measure_lambda_from_run(
         "default", {k: v for k, v in overrides.items() if v is not None}
     )
     if out_dir is None:
-        settings = json.dumps(config.hash_payload(), sort_keys=True)
-        digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+        digest = config_hash(MEASURE_EXPERIMENT.name, config)
         out_dir = Path(config.source) / "measure-lambda" / digest
     outcome = run_experiment(
         MEASURE_EXPERIMENT, config, preset="default", out_dir=Path(out_dir), force=force
