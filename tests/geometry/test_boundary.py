@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomlab.geometry.derivatives import boundary_point_indices, measure_lambda
+from geomlab.geometry.lambda_fit import boundary_point_indices, measure_lambda
 
 
 def probs_row(top: dict[int, float]) -> list[float]:

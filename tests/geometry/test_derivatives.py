@@ -11,27 +11,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.batch_statistics import PrimitiveLayerNorm
 from geomlab.geometry.derivatives import (
+    PrimitiveLayerNorm,
     SelfCheckError,
     SelfCheckUnavailable,
-    boundary_point_indices,
     check_piecewise_linear,
-    class_selective_loss,
     clear_path_cache,
-    derivative_penalty,
     directional_derivatives,
     fast_directional_derivatives,
-    fit_lambda,
     loss_derivatives_along_tangents,
-    mean_log_abs,
-    measure_lambda,
     nested_directional_derivatives,
     resolve_path,
     sample_unit_directions,
     self_check_errors,
 )
+from geomlab.geometry.lambda_fit import (
+    boundary_point_indices,
+    fit_lambda,
+    mean_log_abs,
+    measure_lambda,
+)
 from geomlab.geometry.outputs import ModelOutputError
+from geomlab.geometry.penalty import class_selective_loss, derivative_penalty
 
 MAX_ORDER = 4
 REL_TOL = 1e-10
@@ -604,10 +605,10 @@ def test_self_check_catches_a_wrong_path_and_names_model_and_order():
 
 
 def test_self_check_runs_once_per_model_and_structure(monkeypatch):
-    from geomlab.geometry import derivatives
+    from geomlab.geometry.derivatives import dispatch, self_check
 
     calls = {"check": 0, "choose": 0}
-    real_check, real_choose = derivatives.self_check_errors, derivatives.choose_fast_path
+    real_check, real_choose = self_check.self_check_errors, dispatch.choose_fast_path
 
     def counting_check(*args, **kwargs):
         calls["check"] += 1
@@ -617,8 +618,8 @@ def test_self_check_runs_once_per_model_and_structure(monkeypatch):
         calls["choose"] += 1
         return real_choose(*args, **kwargs)
 
-    monkeypatch.setattr(derivatives, "self_check_errors", counting_check)
-    monkeypatch.setattr(derivatives, "choose_fast_path", counting_choose)
+    monkeypatch.setattr(self_check, "self_check_errors", counting_check)
+    monkeypatch.setattr(dispatch, "choose_fast_path", counting_choose)
     model, inputs, labels, directions = make_case("cnn", seed=3)
     model.eval()
 
@@ -670,15 +671,16 @@ def test_self_check_leaves_modes_buffers_and_random_stream_alone():
 
 
 def test_measure_lambda_self_checks_its_path_once(monkeypatch):
-    from geomlab.geometry import derivatives
+    from geomlab.geometry.derivatives import dispatch, self_check
 
-    real_fast = derivatives.fast_directional_derivatives
+    real_fast = dispatch.fast_directional_derivatives
 
     def wrong_fast(*args, **kwargs):  # a fast path 1 % off at order 3 only
         values, logits = real_fast(*args, **kwargs)
         return torch.cat([values[:2], 1.01 * values[2:3], values[3:]]), logits
 
-    monkeypatch.setattr(derivatives, "fast_directional_derivatives", wrong_fast)
+    monkeypatch.setattr(dispatch, "fast_directional_derivatives", wrong_fast)
+    monkeypatch.setattr(self_check, "fast_directional_derivatives", wrong_fast)
     torch.manual_seed(0)
     model = TinyFunctionalCNN().double()
     inputs = torch.randn(20, 1, 10, 10, dtype=torch.float64)

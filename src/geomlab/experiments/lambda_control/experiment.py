@@ -35,6 +35,8 @@ from geomlab.experiments.lambda_control.types import (
 )
 from geomlab.geometry import derivatives as deriv
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
+from geomlab.geometry.lambda_fit import measure_lambda, predict_probabilities
+from geomlab.geometry.penalty import class_selective_loss
 from geomlab.models.loading import build_user_model, is_import_path, resolve_import_path
 from geomlab.models.mnist_cnn import build_mnist_cnn
 from geomlab.models.modes import eval_mode
@@ -225,7 +227,7 @@ def train_model(
     direction_generator = torch.Generator(device=device).manual_seed(10_000 + seed)
 
     def loss_fn(model, images, labels):
-        return deriv.class_selective_loss(
+        return class_selective_loss(
             model, images, labels, target_classes=condition.targets, scale=config.reg_scale,
             max_order=config.reg_max_order, num_directions=config.reg_directions,
             method=path, generator=direction_generator, self_check=config.self_check,
@@ -294,9 +296,9 @@ def measurement_generator(base_seed: int, seed: int, pair, device) -> torch.Gene
 
 def measure_pairs(model, data: MNISTTensors, config: Config, *, seed: int, device):
     """λ of every configured pair for one model: ``[(pair, LambdaMeasurement), ...]``."""
-    probs = deriv.predict_probabilities(model, data.test_images, batch_size=config.eval_batch_size)
+    probs = predict_probabilities(model, data.test_images, batch_size=config.eval_batch_size)
     return [
-        (pair, deriv.measure_lambda(
+        (pair, measure_lambda(
             model, data.test_images, data.test_labels, pair,
             max_order=config.lambda_max_order, num_directions=config.lambda_directions,
             prob_range=tuple(config.prob_range), max_points=config.max_points,
