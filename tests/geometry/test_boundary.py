@@ -87,3 +87,43 @@ def test_measure_lambda_passes_the_rule_on():
         assert result.num_points == len(expected) > 0
         counts[boundary] = result.num_points
     assert counts["pairwise"] < counts["notebook"]
+
+
+def mixed_mode_model() -> torch.nn.Module:
+    """A dropout/batch-norm network whose submodules are in different modes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(10, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+        torch.nn.Dropout(0.3), torch.nn.Linear(8, 4),
+    ).double()  # fmt: skip
+    model.train()
+    model[2].eval()  # running statistics, inside a model in train mode
+    model[4].eval()
+    return model
+
+
+def test_lambda_and_probabilities_leave_every_submodule_mode_as_it_was():
+    from geomlab.geometry.derivatives import clear_path_cache
+    from geomlab.geometry.lambda_fit import predict_probabilities
+    from geomlab.geometry.penalty import class_selective_loss
+
+    model = mixed_mode_model()
+    modes = [m.training for m in model.modules()]
+    assert modes == [True, True, True, False, True, False, True]
+    inputs = torch.randn(24, 1, 10, dtype=torch.float64)
+    labels = torch.randint(0, 4, (24,))
+    predict_probabilities(model, inputs)
+    assert [m.training for m in model.modules()] == modes
+    measure_lambda(model, inputs, labels, (1, 2), max_order=3, num_directions=2,
+                   prob_range=(0.0, 1.0), max_points=8, min_points=3, batch_size=4,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [m.training for m in model.modules()] == modes
+    for method in ("fast", "nested"):
+        class_selective_loss(model, inputs, labels, target_classes=(1,), scale=0.1,
+                             max_order=2, num_directions=1, method=method)  # fmt: skip
+        assert [m.training for m in model.modules()] == modes
+    with pytest.raises(ValueError, match="method must be"):
+        class_selective_loss(model, inputs, labels, target_classes=(1,), scale=0.1,
+                             max_order=2, num_directions=1, method="auto")  # fmt: skip
+    assert [m.training for m in model.modules()] == modes
+    clear_path_cache()
