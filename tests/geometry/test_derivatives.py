@@ -16,6 +16,7 @@ from geomlab.geometry.derivatives import (
     SelfCheckError,
     SelfCheckUnavailable,
     check_piecewise_linear,
+    check_taylor,
     clear_path_cache,
     directional_derivatives,
     fast_directional_derivatives,
@@ -26,9 +27,6 @@ from geomlab.geometry.derivatives import (
     self_check_errors,
 )
 from geomlab.geometry.lambda_fit import (
-    boundary_point_indices,
-    fit_lambda,
-    mean_log_abs,
     measure_lambda,
 )
 from geomlab.geometry.outputs import ModelOutputError
@@ -252,6 +250,12 @@ def test_auto_falls_back_to_nested_only_for_an_op_without_a_rule_and_fast_refuse
     assert torch.equal(result.values, reference)
     with pytest.raises(ValueError, match="cumsum"):
         directional_derivatives(model, inputs, labels, directions, max_order=3, method="fast")
+    # the refusal names the op, at every level (moved from test_taylor.py: one cumsum test)
+    verdict = check_taylor(model, inputs)
+    assert not verdict.eligible and verdict.offending_ops == ("cumsum",)
+    with pytest.raises(ValueError, match="cumsum"):
+        resolve_path(model, inputs, "fast")
+    assert resolve_path(model, inputs, "auto").method == "nested"
 
 
 def test_auto_uses_fast_for_relu_cnn_and_agrees():
@@ -283,37 +287,6 @@ def test_shape_errors_are_explicit():
         fast_directional_derivatives(model, inputs, labels, directions, max_order=0)
     with pytest.raises(ValueError, match="method"):
         directional_derivatives(model, inputs, labels, directions, max_order=2, method="magic")
-
-
-def test_fit_lambda_recovers_an_exact_line_and_mean_log_abs():
-    fit = fit_lambda([0.5 + 1.3 * n for n in range(1, 5)])
-    assert math.isclose(fit.slope, 1.3, rel_tol=1e-12)
-    assert math.isclose(fit.intercept, 0.5, rel_tol=1e-12)
-    assert fit.orders == (1, 2, 3, 4)
-    with pytest.raises(ValueError, match="two orders"):
-        fit_lambda([1.0])
-    d = torch.tensor([[[1.0, -math.e]], [[0.0, 2.0]]], dtype=torch.float64)
-    logs = mean_log_abs(d)
-    assert torch.allclose(logs, torch.tensor([0.5, (math.log(1e-12) + math.log(2.0)) / 2]).double())
-
-
-def test_boundary_points_follow_label_range_and_cap():
-    probs = torch.tensor(
-        [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45], [0.81, 0.19]],
-        dtype=torch.float64,
-    )
-    labels = torch.tensor([4, 9, 4, 3, 9, 4])
-    picked = boundary_point_indices(probs, labels, (4, 9), prob_range=(0.2, 0.8), max_points=10)
-    assert picked.tolist() == [1, 2, 4]  # 0 and 5 too confident, 3 has another label
-    capped = boundary_point_indices(
-        probs,
-        labels,
-        (4, 9),
-        prob_range=(0.2, 0.8),
-        max_points=2,
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert len(capped) == 2 and set(capped.tolist()) <= {1, 2, 4}
 
 
 def test_measure_lambda_fast_equals_nested_and_reports_too_few_points():

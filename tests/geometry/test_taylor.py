@@ -336,23 +336,6 @@ def test_relu_slice_write_is_still_piecewise_linear_and_exact():
     assert_close(fast, reference)
 
 
-def test_an_op_without_a_rule_is_named_and_auto_falls_back():
-    class Cumsum(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(10, 4)
-
-        def forward(self, x):
-            return self.fc(torch.tanh(x.flatten(1)).cumsum(dim=1))
-
-    model, inputs, labels, u = case(Cumsum())
-    verdict = deriv.check_taylor(model.eval(), inputs)
-    assert not verdict.eligible and verdict.offending_ops == ("cumsum",)
-    with pytest.raises(ValueError, match="cumsum"):
-        deriv.resolve_path(model, inputs, "fast")
-    assert deriv.resolve_path(model, inputs, "auto").method == "nested"
-
-
 def test_batch_statistics_capture_and_substitute_roundtrip():
     model, inputs, _, _ = case(BatchNorm1dNet(), seed=10, batch=6)
     model.train()
