@@ -11,13 +11,13 @@ Three implementations of the same numbers (docs/derivatives.md), one concept a m
 
 Around them: :mod:`.options` (the typed ``Method``/``Path``; the loss is
 :class:`~geomlab.geometry.params.LossKind`), :mod:`.losses` (the loss checked against the
-labels), :mod:`.directions`, :mod:`.ops` (the one aten op taxonomy that :mod:`.eligibility` and
-the Taylor recorder share), :mod:`.batch_statistics` (BatchNorm policy and the one buffer
-guard, ``isolated_buffers``), :mod:`.fast` (cumulant or Taylor for one call),
-:mod:`.self_check` (a fast path against the reference in float64, once per model, cached) and
-:mod:`.dispatch` (:func:`resolve_path`, the one place a request becomes a path, and
-:func:`directional_derivatives`). The penalty and λ built on them live in
-:mod:`geomlab.geometry.penalty` and :mod:`geomlab.geometry.lambda_fit`.
+labels), :mod:`.directions`, :mod:`.ops` and :mod:`.tracing` (the one aten op taxonomy and the
+one dispatch-mode tracer that :mod:`.eligibility` and the Taylor recorder share),
+:mod:`.batch_statistics` (BatchNorm policy and the one buffer guard, ``isolated_buffers``),
+:mod:`.fast` (cumulant or Taylor for one call), :mod:`.self_check` (a fast path against the
+reference in float64, once per model, cached) and :mod:`.dispatch` (:func:`resolve_path`, the
+one place a request becomes a path, and :func:`directional_derivatives`). The penalty and λ
+built on them live in :mod:`geomlab.geometry.penalty` and :mod:`geomlab.geometry.lambda_fit`.
 """
 
 from __future__ import annotations

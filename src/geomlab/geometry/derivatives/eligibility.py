@@ -9,6 +9,9 @@ Writes are followed conservatively. An op that writes input-dependent data into 
 example ``buf[:, :8] = h[:, :8]``, which is ``copy_`` into a view of ``buf``) marks the written
 tensor's whole *storage* as input-dependent, so the base tensor and every other view of it count
 as input-dependent afterwards. Over-marking can only refuse a model, never accept a wrong one.
+
+The tracer is :class:`~geomlab.geometry.derivatives.tracing.InputTracer` (shared with the Taylor
+recorder) and the op classes are :mod:`geomlab.geometry.derivatives.ops` (shared too).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from geomlab.geometry.attention import math_attention
 from geomlab.geometry.derivatives.batch_statistics import isolated_buffers
@@ -30,10 +32,10 @@ from geomlab.geometry.derivatives.ops import (
     RANDOM_OPS,
     VALUE_FREE_OPS,
     op_name,
-    storage_key,
     tensor_leaves,
     written_arguments,
 )
+from geomlab.geometry.derivatives.tracing import InputTracer
 
 __all__ = ["Eligibility", "check_piecewise_linear", "probe_batch", "rng_devices"]
 
@@ -47,33 +49,13 @@ class Eligibility:
     offending_ops: tuple[str, ...] = ()
 
 
-class _InputDependenceTracer(TorchDispatchMode):
-    """Follows which tensors depend on the input and records ops that are not piecewise linear."""
+class _InputDependenceTracer(InputTracer):
+    """Follows which tensors depend on the input (through storage: see the module docstring)
+    and records ops that are not piecewise linear."""
 
     def __init__(self, tracked: torch.Tensor) -> None:
-        super().__init__()
-        # Keep the tensors alive so that ids and storages are not reused during the trace.
-        self._alive: list[torch.Tensor] = []
-        self._ids: set[int] = set()
-        self._storages: set[int] = set()
+        super().__init__(tracked, follow_storage=True)
         self.offending: list[str] = []
-        self._track(tracked)
-
-    def is_tracked(self, value: object) -> bool:
-        if not isinstance(value, torch.Tensor):
-            return False
-        if id(value) in self._ids:
-            return True
-        key = storage_key(value)
-        return key != 0 and key in self._storages
-
-    def _track(self, outputs: object) -> None:
-        for value in tensor_leaves(outputs):
-            self._alive.append(value)
-            self._ids.add(id(value))
-            key = storage_key(value)
-            if key != 0:
-                self._storages.add(key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -110,8 +92,8 @@ class _InputDependenceTracer(TorchDispatchMode):
             self.offending.append(name)
         # writes: the written tensors (and, through their storage, their bases and views)
         # depend on the input from now on
-        self._track(written_arguments(func, args, kwargs))
-        self._track(outputs)
+        self.track(written_arguments(func, args, kwargs))
+        self.track(outputs)
         return outputs
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from geomlab.geometry.attention import math_attention
 from geomlab.geometry.derivatives.ops import (
@@ -38,6 +37,7 @@ from geomlab.geometry.derivatives.ops import (
     written_arguments,
 )
 from geomlab.geometry.derivatives.taylor.series import Coefficients, expand_to
+from geomlab.geometry.derivatives.tracing import InputTracer
 from geomlab.geometry.outputs import as_logits
 from geomlab.geometry.refusal import Refused
 
@@ -73,24 +73,21 @@ class Entry:
     versions: list[tuple[torch.Tensor, int]]
 
 
-class TaylorRecorder(TorchDispatchMode):
-    """Records the aten ops of a forward pass that touch a tensor depending on ``inputs``.
+class TaylorRecorder(InputTracer):
+    """Records the aten ops of a forward pass that touch a tensor depending on ``inputs``
+    (tracked by identity; aliasing writes are refused, see the module docstring).
 
     Raises :class:`UnsupportedOperation` during the pass for an op without a rule."""
 
     def __init__(self, inputs: torch.Tensor) -> None:
-        super().__init__()
+        super().__init__(inputs, follow_storage=False)
         self.tape: list[Entry] = []
-        self._tracked: dict[int, torch.Tensor] = {id(inputs): inputs}
         self._versions: dict[int, int] = {id(inputs): inputs._version}
         self._written_storages: set[int] = set()
         # tensors written in place by the last op: autograd bumps their version counter only
         # after the op returns, so their versions are read at the next op (or at the end)
         self._refresh: list[tuple[Entry, torch.Tensor]] = []
         self._fresh: list[tuple[Entry | None, torch.Tensor]] = []
-
-    def is_tracked(self, value: object) -> bool:
-        return isinstance(value, torch.Tensor) and id(value) in self._tracked
 
     def settle(self) -> None:
         """Record the versions of tensors the last op wrote in place (call after the pass)."""
@@ -158,8 +155,8 @@ class TaylorRecorder(TorchDispatchMode):
         # a view's output shares its base's version counter only once autograd's view layer
         # (above this mode) has wrapped it: its version is read at the next op, too
         self._fresh += [(entry if name in READS_OUTPUT_OPS else None, t) for t in outputs]
+        self.track(out)
         for tensor in tensor_leaves(out):
-            self._tracked[id(tensor)] = tensor
             self._versions[id(tensor)] = tensor._version
         return out
 
