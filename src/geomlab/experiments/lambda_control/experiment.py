@@ -2,7 +2,7 @@
 all samples, none, or chosen classes, then measure λ at class-pair decision boundaries.
 
 Wiring only: MNIST (``geomlab.data.mnist``) → CNN (``geomlab.models``) → training
-(``geomlab.training``) → derivatives and λ (``geomlab.geometry.derivatives``) → tables,
+(``geomlab.training``) → penalty and λ (``geomlab.geometry.penalty``, ``lambda_fit``) → tables,
 statistics (``geomlab.stats``) → figures (``geomlab.plots.lambda_control``).
 ``measure.py`` re-measures λ from a finished run's checkpoints as a run of its own.
 """
