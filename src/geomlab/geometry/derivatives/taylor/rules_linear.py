@@ -13,7 +13,6 @@ from geomlab.geometry.derivatives.ops import (
     written_arguments,
 )
 from geomlab.geometry.derivatives.taylor.recorder import (
-    RULES,
     Context,
     Entry,
     UnsupportedOperation,
@@ -29,9 +28,7 @@ from geomlab.geometry.derivatives.taylor.series import (
     power_taylor,
 )
 
-__all__ = ["is_floating", "structural"]
-
-assert RULES is not None  # (the registry these rules fill)
+__all__ = ["is_floating", "structural"]  # and the rules, registered in recorder.RULES
 
 
 def is_floating(value: object) -> bool:
