@@ -22,6 +22,8 @@ import time
 import torch
 
 from geomlab.geometry import derivatives as deriv
+from geomlab.geometry.lambda_fit import measure_lambda
+from geomlab.geometry.penalty import class_selective_loss
 from geomlab.models.mnist_cnn import MNISTConvNet, build_mnist_cnn
 
 
@@ -40,7 +42,7 @@ def synchronize(device: torch.device) -> None:
 
 def make_step(model, optimizer, inputs, labels, *, method, targets, orders, directions, gen):
     def step() -> None:
-        parts = deriv.class_selective_loss(
+        parts = class_selective_loss(
             model, inputs, labels, target_classes=targets, scale=200.0, max_order=orders,
             num_directions=directions, method=method, generator=gen,
         )  # fmt: skip
@@ -83,7 +85,7 @@ def lambda_timing(model, args, generator, device, repeats) -> dict[str, float]:
 
     def measure(method):
         def run() -> None:
-            deriv.measure_lambda(
+            measure_lambda(
                 model, points, point_labels, (4, 9), max_order=4, num_directions=4,
                 prob_range=(0.0, 1.0), max_points=args.lambda_points, method=method,
                 generator=torch.Generator(device=device).manual_seed(0),
@@ -171,7 +173,7 @@ def main() -> None:
     # --- GELU variant: Taylor mode ---
     gelu = build_mnist_cnn(seed=0, activation="gelu", device=device).train()
     gelu_optimizer = torch.optim.Adam(gelu.parameters(), lr=1e-4)
-    assert deriv.resolve_method(gelu, inputs, "auto") == "fast"
+    assert deriv.resolve_path(gelu, inputs, "auto").method == "fast"
     assert deriv.choose_fast_path(gelu, inputs) == "taylor"
     if args.only_public:
         return public_table(gelu, inputs, labels, args, device)
@@ -208,7 +210,7 @@ def main() -> None:
     # --- the notebook CNN: cumulant path ---
     model = build_mnist_cnn(seed=0, device=device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    assert deriv.resolve_method(model, inputs, "auto") == "fast"
+    assert deriv.resolve_path(model, inputs, "auto").method == "fast"
     generic = GenericJVPCNN().to(device).train()
     generic.load_state_dict(model.state_dict())
     generic_optimizer = torch.optim.Adam(generic.parameters(), lr=1e-4)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from geomlab.geometry import derivatives as deriv
+from geomlab.geometry.penalty import derivative_penalty
 from geomlab.models.mnist_cnn import build_mnist_cnn
 
 try:
@@ -168,7 +169,7 @@ def main() -> None:
 
     def penalty() -> None:
         values, _ = deriv.taylor_directional_derivatives(model, x, y, u, max_order=orders)
-        torch.autograd.grad(deriv.derivative_penalty(values), trainable)
+        torch.autograd.grad(derivative_penalty(values), trainable)
 
     variants = {
         "jet": lambda: jet_fn(params, jx, jy, ju, orders).block_until_ready(),

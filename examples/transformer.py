@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from geomlab.geometry import curvature, derivatives, natural_gradient
+from geomlab.geometry.lambda_fit import measure_lambda
 
 HERE = Path(__file__).resolve().parent
 TOKENS, FEATURES, CLASSES = 6, 4, 3
@@ -128,7 +129,7 @@ def python_api() -> None:
     assert fast.path == "taylor" and rel < 1e-8
 
     accuracy = float((model(data[0]).argmax(1) == labels).double().mean())
-    measurement = derivatives.measure_lambda(
+    measurement = measure_lambda(
         model, data[0], labels, (0, 1), max_order=4, num_directions=2, max_points=64,
         min_points=5, method="fast", boundary="pairwise",
         generator=torch.Generator().manual_seed(2),

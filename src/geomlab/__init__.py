@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "directional_derivatives": "geomlab.geometry.derivatives",
-    "fit_lambda": "geomlab.geometry.derivatives",
-    "measure_lambda": "geomlab.geometry.derivatives",
+    "fit_lambda": "geomlab.geometry.lambda_fit",
+    "measure_lambda": "geomlab.geometry.lambda_fit",
     "categorical_kl": "geomlab.geometry.natural_gradient",
     "kl_matched_step_size": "geomlab.geometry.natural_gradient",
     "symmetric_pseudo_inverse": "geomlab.geometry.natural_gradient",
@@ -38,8 +38,9 @@ if TYPE_CHECKING:
         dense_fisher_reference,
         softmax_regression_fisher,
     )
-    from geomlab.geometry.derivatives import directional_derivatives, fit_lambda, measure_lambda
+    from geomlab.geometry.derivatives import directional_derivatives
     from geomlab.geometry.fisher import softmax_fisher
+    from geomlab.geometry.lambda_fit import fit_lambda, measure_lambda
     from geomlab.geometry.natural_gradient import (
         categorical_kl,
         kl_matched_step_size,

@@ -21,6 +21,7 @@ from geomlab.experiments import get
 from geomlab.experiments import lambda_control as lc
 from geomlab.experiments.lambda_control.types import Condition
 from geomlab.geometry import derivatives as deriv
+from geomlab.geometry.lambda_fit import boundary_point_indices, predict_probabilities
 from geomlab.remeasure import measure_lambda_from_run
 from geomlab.runner import run_experiment
 
@@ -311,13 +312,13 @@ def test_gelu_variant_runs_with_the_pairwise_boundary(tiny_run, tmp_path):
     gelu = lc.experiment.build_model(config, seed=0, device="cpu")
     assert gelu.activation == "gelu"
     data = lc.load_data(config, "cpu")
-    expected_method = deriv.resolve_method(gelu.train(), data.train_images[:1], "auto")
+    expected_method = deriv.resolve_path(gelu.train(), data.train_images[:1], "auto").method
     assert (models["derivative_method"] == expected_method).all()  # nested, or Taylor mode
     # λ's boundary points are the pairwise rule's, on the trained model
     model = lc.experiment.build_model(config, seed=0, device="cpu")
     model.load_state_dict(torch.load(tmp_path / "gelu/checkpoints/global_seed0.pt"))
-    probs = deriv.predict_probabilities(model, data.test_images)
-    found = deriv.boundary_point_indices(
+    probs = predict_probabilities(model, data.test_images)
+    found = boundary_point_indices(
         probs, data.test_labels, (4, 9), prob_range=(0.0, 1.0), max_points=10_000,
         boundary="pairwise",
     )  # fmt: skip

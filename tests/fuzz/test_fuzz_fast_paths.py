@@ -27,15 +27,17 @@ import pytest
 import torch
 
 from geomlab.geometry import derivatives as deriv
-from geomlab.geometry import taylor
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.batch_statistics import (
+from geomlab.geometry.curvature import FisherOperator, dense_fisher_reference
+from geomlab.geometry.derivatives import taylor
+from geomlab.geometry.derivatives.batch_statistics import (
     PrimitiveLayerNorm,
     has_training_modules,
     isolated_buffers,
 )
-from geomlab.geometry.curvature import FisherOperator, dense_fisher_reference
-from geomlab.geometry.eligibility import PIECEWISE_CONSTANT_OPS, check_piecewise_linear
+from geomlab.geometry.derivatives.eligibility import check_piecewise_linear
+from geomlab.geometry.derivatives.nested import substituted
+from geomlab.geometry.derivatives.ops import PIECEWISE_CONSTANT_OPS
 from geomlab.testing.netgen import CLASSES, VOCABULARY, random_case
 
 MAX_ORDER = 4
@@ -163,7 +165,7 @@ def nested_mse_reference(model, inputs, targets, u) -> torch.Tensor:
         with (
             torch.enable_grad(),
             isolated_buffers(model),
-            deriv._substituted(statistics),
+            substituted(statistics),
             PrimitiveLayerNorm(),
         ):
             error = model(x) - targets

@@ -1,11 +1,19 @@
-"""Boundary points of a class pair: the notebook's rule and the pairwise rule, hand-built."""
+"""geometry.lambda_fit: boundary points of a class pair (the notebook's rule and the pairwise
+rule, hand-built), the λ line fit, and modes left as they were."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from geomlab.geometry.derivatives import boundary_point_indices, measure_lambda
+from geomlab.geometry.lambda_fit import (
+    boundary_point_indices,
+    fit_lambda,
+    mean_log_abs,
+    measure_lambda,
+)
 
 
 def probs_row(top: dict[int, float]) -> list[float]:
@@ -87,3 +95,74 @@ def test_measure_lambda_passes_the_rule_on():
         assert result.num_points == len(expected) > 0
         counts[boundary] = result.num_points
     assert counts["pairwise"] < counts["notebook"]
+
+
+def mixed_mode_model() -> torch.nn.Module:
+    """A dropout/batch-norm network whose submodules are in different modes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(10, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+        torch.nn.Dropout(0.3), torch.nn.Linear(8, 4),
+    ).double()  # fmt: skip
+    model.train()
+    model[2].eval()  # running statistics, inside a model in train mode
+    model[4].eval()
+    return model
+
+
+def test_lambda_and_probabilities_leave_every_submodule_mode_as_it_was():
+    from geomlab.geometry.derivatives import clear_path_cache
+    from geomlab.geometry.lambda_fit import predict_probabilities
+    from geomlab.geometry.penalty import class_selective_loss
+
+    model = mixed_mode_model()
+    modes = [m.training for m in model.modules()]
+    assert modes == [True, True, True, False, True, False, True]
+    inputs = torch.randn(24, 1, 10, dtype=torch.float64)
+    labels = torch.randint(0, 4, (24,))
+    predict_probabilities(model, inputs)
+    assert [m.training for m in model.modules()] == modes
+    measure_lambda(model, inputs, labels, (1, 2), max_order=3, num_directions=2,
+                   prob_range=(0.0, 1.0), max_points=8, min_points=3, batch_size=4,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [m.training for m in model.modules()] == modes
+    for method in ("fast", "nested"):
+        class_selective_loss(model, inputs, labels, target_classes=(1,), scale=0.1,
+                             max_order=2, num_directions=1, method=method)  # fmt: skip
+        assert [m.training for m in model.modules()] == modes
+    with pytest.raises(ValueError, match="method must be"):
+        class_selective_loss(model, inputs, labels, target_classes=(1,), scale=0.1,
+                             max_order=2, num_directions=1, method="auto")  # fmt: skip
+    assert [m.training for m in model.modules()] == modes
+    clear_path_cache()
+
+
+def test_fit_lambda_recovers_an_exact_line_and_mean_log_abs():
+    fit = fit_lambda([0.5 + 1.3 * n for n in range(1, 5)])
+    assert math.isclose(fit.slope, 1.3, rel_tol=1e-12)
+    assert math.isclose(fit.intercept, 0.5, rel_tol=1e-12)
+    assert fit.orders == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="two orders"):
+        fit_lambda([1.0])
+    d = torch.tensor([[[1.0, -math.e]], [[0.0, 2.0]]], dtype=torch.float64)
+    logs = mean_log_abs(d)
+    assert torch.allclose(logs, torch.tensor([0.5, (math.log(1e-12) + math.log(2.0)) / 2]).double())
+
+
+def test_boundary_points_follow_label_range_and_cap():
+    probs = torch.tensor(
+        [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45], [0.81, 0.19]],
+        dtype=torch.float64,
+    )
+    labels = torch.tensor([4, 9, 4, 3, 9, 4])
+    picked = boundary_point_indices(probs, labels, (4, 9), prob_range=(0.2, 0.8), max_points=10)
+    assert picked.tolist() == [1, 2, 4]  # 0 and 5 too confident, 3 has another label
+    capped = boundary_point_indices(
+        probs,
+        labels,
+        (4, 9),
+        prob_range=(0.2, 0.8),
+        max_points=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(capped) == 2 and set(capped.tolist()) <= {1, 2, 4}

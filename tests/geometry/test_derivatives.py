@@ -11,27 +11,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.batch_statistics import PrimitiveLayerNorm
 from geomlab.geometry.derivatives import (
+    PrimitiveLayerNorm,
     SelfCheckError,
     SelfCheckUnavailable,
-    boundary_point_indices,
     check_piecewise_linear,
-    class_selective_loss,
+    check_taylor,
     clear_path_cache,
-    derivative_penalty,
     directional_derivatives,
     fast_directional_derivatives,
-    fit_lambda,
     loss_derivatives_along_tangents,
-    mean_log_abs,
-    measure_lambda,
     nested_directional_derivatives,
     resolve_path,
     sample_unit_directions,
     self_check_errors,
 )
+from geomlab.geometry.lambda_fit import (
+    measure_lambda,
+)
 from geomlab.geometry.outputs import ModelOutputError
+from geomlab.geometry.penalty import class_selective_loss, derivative_penalty
 
 MAX_ORDER = 4
 REL_TOL = 1e-10
@@ -251,6 +250,12 @@ def test_auto_falls_back_to_nested_only_for_an_op_without_a_rule_and_fast_refuse
     assert torch.equal(result.values, reference)
     with pytest.raises(ValueError, match="cumsum"):
         directional_derivatives(model, inputs, labels, directions, max_order=3, method="fast")
+    # the refusal names the op, at every level (moved from test_taylor.py: one cumsum test)
+    verdict = check_taylor(model, inputs)
+    assert not verdict.eligible and verdict.offending_ops == ("cumsum",)
+    with pytest.raises(ValueError, match="cumsum"):
+        resolve_path(model, inputs, "fast")
+    assert resolve_path(model, inputs, "auto").method == "nested"
 
 
 def test_auto_uses_fast_for_relu_cnn_and_agrees():
@@ -282,37 +287,6 @@ def test_shape_errors_are_explicit():
         fast_directional_derivatives(model, inputs, labels, directions, max_order=0)
     with pytest.raises(ValueError, match="method"):
         directional_derivatives(model, inputs, labels, directions, max_order=2, method="magic")
-
-
-def test_fit_lambda_recovers_an_exact_line_and_mean_log_abs():
-    fit = fit_lambda([0.5 + 1.3 * n for n in range(1, 5)])
-    assert math.isclose(fit.slope, 1.3, rel_tol=1e-12)
-    assert math.isclose(fit.intercept, 0.5, rel_tol=1e-12)
-    assert fit.orders == (1, 2, 3, 4)
-    with pytest.raises(ValueError, match="two orders"):
-        fit_lambda([1.0])
-    d = torch.tensor([[[1.0, -math.e]], [[0.0, 2.0]]], dtype=torch.float64)
-    logs = mean_log_abs(d)
-    assert torch.allclose(logs, torch.tensor([0.5, (math.log(1e-12) + math.log(2.0)) / 2]).double())
-
-
-def test_boundary_points_follow_label_range_and_cap():
-    probs = torch.tensor(
-        [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45], [0.81, 0.19]],
-        dtype=torch.float64,
-    )
-    labels = torch.tensor([4, 9, 4, 3, 9, 4])
-    picked = boundary_point_indices(probs, labels, (4, 9), prob_range=(0.2, 0.8), max_points=10)
-    assert picked.tolist() == [1, 2, 4]  # 0 and 5 too confident, 3 has another label
-    capped = boundary_point_indices(
-        probs,
-        labels,
-        (4, 9),
-        prob_range=(0.2, 0.8),
-        max_points=2,
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert len(capped) == 2 and set(capped.tolist()) <= {1, 2, 4}
 
 
 def test_measure_lambda_fast_equals_nested_and_reports_too_few_points():
@@ -604,10 +578,10 @@ def test_self_check_catches_a_wrong_path_and_names_model_and_order():
 
 
 def test_self_check_runs_once_per_model_and_structure(monkeypatch):
-    from geomlab.geometry import derivatives
+    from geomlab.geometry.derivatives import dispatch, self_check
 
     calls = {"check": 0, "choose": 0}
-    real_check, real_choose = derivatives.self_check_errors, derivatives.choose_fast_path
+    real_check, real_choose = self_check.self_check_errors, dispatch.choose_fast_path
 
     def counting_check(*args, **kwargs):
         calls["check"] += 1
@@ -617,8 +591,8 @@ def test_self_check_runs_once_per_model_and_structure(monkeypatch):
         calls["choose"] += 1
         return real_choose(*args, **kwargs)
 
-    monkeypatch.setattr(derivatives, "self_check_errors", counting_check)
-    monkeypatch.setattr(derivatives, "choose_fast_path", counting_choose)
+    monkeypatch.setattr(self_check, "self_check_errors", counting_check)
+    monkeypatch.setattr(dispatch, "choose_fast_path", counting_choose)
     model, inputs, labels, directions = make_case("cnn", seed=3)
     model.eval()
 
@@ -670,15 +644,16 @@ def test_self_check_leaves_modes_buffers_and_random_stream_alone():
 
 
 def test_measure_lambda_self_checks_its_path_once(monkeypatch):
-    from geomlab.geometry import derivatives
+    from geomlab.geometry.derivatives import dispatch, self_check
 
-    real_fast = derivatives.fast_directional_derivatives
+    real_fast = dispatch.fast_directional_derivatives
 
     def wrong_fast(*args, **kwargs):  # a fast path 1 % off at order 3 only
         values, logits = real_fast(*args, **kwargs)
         return torch.cat([values[:2], 1.01 * values[2:3], values[3:]]), logits
 
-    monkeypatch.setattr(derivatives, "fast_directional_derivatives", wrong_fast)
+    monkeypatch.setattr(dispatch, "fast_directional_derivatives", wrong_fast)
+    monkeypatch.setattr(self_check, "fast_directional_derivatives", wrong_fast)
     torch.manual_seed(0)
     model = TinyFunctionalCNN().double()
     inputs = torch.randn(20, 1, 10, 10, dtype=torch.float64)

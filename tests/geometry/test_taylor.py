@@ -14,10 +14,12 @@ from torch import nn
 
 from geomlab.geometry import derivatives as deriv
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.batch_statistics import BatchStatistics
-from geomlab.geometry.eligibility import check_piecewise_linear
+from geomlab.geometry.derivatives.batch_statistics import BatchStatistics
+from geomlab.geometry.derivatives.eligibility import check_piecewise_linear
+from geomlab.geometry.derivatives.taylor import UnsupportedOperation
+from geomlab.geometry.lambda_fit import measure_lambda
 from geomlab.geometry.outputs import ModelOutputError
-from geomlab.geometry.taylor import UnsupportedOperation
+from geomlab.geometry.penalty import class_selective_loss, derivative_penalty
 
 MAX_ORDER = 5
 REL_TOL = 1e-9
@@ -176,7 +178,7 @@ def test_taylor_values_and_penalty_gradients_match_nested(name):
     model, inputs, labels, u = case(SMOOTH[name]())
     model.eval()
     assert not check_piecewise_linear(model, inputs).eligible
-    assert deriv.resolve_method(model, inputs, "fast") == "fast"
+    assert deriv.resolve_path(model, inputs, "fast").method == "fast"
     fast, logits = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
     reference_model = reference_for(model)
     reference = deriv.nested_directional_derivatives(
@@ -185,9 +187,9 @@ def test_taylor_values_and_penalty_gradients_match_nested(name):
     assert fast.shape == reference.shape == (MAX_ORDER, 3, 5)
     assert_close(fast, reference)
     assert torch.allclose(logits, model(inputs), rtol=0, atol=1e-12)
-    fast_grads = torch.autograd.grad(deriv.derivative_penalty(fast[:4]), list(model.parameters()))
+    fast_grads = torch.autograd.grad(derivative_penalty(fast[:4]), list(model.parameters()))
     reference_grads = torch.autograd.grad(
-        deriv.derivative_penalty(reference[:4]), list(reference_model.parameters())
+        derivative_penalty(reference[:4]), list(reference_model.parameters())
     )
     assert_close(flat(fast_grads), flat(reference_grads))
 
@@ -244,7 +246,7 @@ def test_batch_norm_1d_train_mode_one_sample_trace_and_frozen_statistics():
     model.train()
     # the experiment checks on one training sample: no crash, Taylor mode is eligible
     assert not check_piecewise_linear(model, inputs[:1]).eligible
-    assert deriv.resolve_method(model, inputs[:1], "auto") == "fast"
+    assert deriv.resolve_path(model, inputs[:1], "auto").method == "fast"
     running = [b.clone() for b in model.buffers()]
     fast, _ = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
     reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=MAX_ORDER)
@@ -280,7 +282,7 @@ def test_penalty_passes_leave_running_statistics_to_the_step_forward():
         for targets in (None, (1, 2)):
             model.load_state_dict(initial)
             model.train()
-            loss = deriv.class_selective_loss(
+            loss = class_selective_loss(
                 model, inputs, labels, target_classes=targets, scale=2.0, max_order=3,
                 num_directions=2, method=method, generator=torch.Generator().manual_seed(0),
             )  # fmt: skip
@@ -296,7 +298,7 @@ def test_selective_penalty_gradients_agree_across_methods_with_batch_norm():
     grads = {}
     for method in ("fast", "nested"):
         model.zero_grad()
-        loss = deriv.class_selective_loss(
+        loss = class_selective_loss(
             model, inputs, labels, target_classes=(1, 2), scale=2.0, max_order=3,
             num_directions=2, method=method, generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
@@ -332,23 +334,6 @@ def test_relu_slice_write_is_still_piecewise_linear_and_exact():
     fast, _ = deriv.fast_directional_derivatives(model, inputs, labels, u, max_order=4)
     reference = deriv.nested_directional_derivatives(model, inputs, labels, u, max_order=4)
     assert_close(fast, reference)
-
-
-def test_an_op_without_a_rule_is_named_and_auto_falls_back():
-    class Cumsum(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(10, 4)
-
-        def forward(self, x):
-            return self.fc(torch.tanh(x.flatten(1)).cumsum(dim=1))
-
-    model, inputs, labels, u = case(Cumsum())
-    verdict = deriv.check_taylor(model.eval(), inputs)
-    assert not verdict.eligible and verdict.offending_ops == ("cumsum",)
-    with pytest.raises(ValueError, match="cumsum"):
-        deriv.resolve_method(model, inputs, "fast")
-    assert deriv.resolve_method(model, inputs, "auto") == "nested"
 
 
 def test_batch_statistics_capture_and_substitute_roundtrip():
@@ -393,7 +378,7 @@ def test_measure_lambda_by_taylor_mode_equals_nested():
     kwargs = dict(classes=(1, 2), max_order=4, num_directions=2, prob_range=(0.0, 1.0),
                   max_points=10, min_points=3, batch_size=4)  # fmt: skip
     fast, nested = (
-        deriv.measure_lambda(
+        measure_lambda(
             model,
             inputs,
             labels,

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geomlab.models.modes import eval_mode
+
 TOKENS, FEATURES, CLASSES = 4, 4, 3
 LOGIT_BOUND = 8.0
 
@@ -732,13 +734,11 @@ def random_case(
     model = random_network(seed, **network_kwargs)
     g = torch.Generator().manual_seed(10_000 + seed)
     inputs = torch.randn(batch, TOKENS, FEATURES, dtype=torch.float64, generator=g)
-    training = model.training
-    with torch.no_grad():
-        largest = model.eval()(inputs).abs().max().item()
+    with torch.no_grad(), eval_mode(model):
+        largest = model(inputs).abs().max().item()
         if largest > LOGIT_BOUND:
             model.head.weight.mul_(LOGIT_BOUND / largest)
             model.head.bias.mul_(LOGIT_BOUND / largest)
-    model.train(training)
     labels = torch.randint(0, CLASSES, (batch,), generator=g)
     u = torch.randn(directions, *inputs.shape, dtype=torch.float64, generator=g)
     u = u / u.flatten(2).norm(dim=-1).view(directions, batch, 1, 1)

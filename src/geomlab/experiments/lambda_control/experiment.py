@@ -2,7 +2,7 @@
 all samples, none, or chosen classes, then measure λ at class-pair decision boundaries.
 
 Wiring only: MNIST (``geomlab.data.mnist``) → CNN (``geomlab.models``) → training
-(``geomlab.training``) → derivatives and λ (``geomlab.geometry.derivatives``) → tables,
+(``geomlab.training``) → penalty and λ (``geomlab.geometry.penalty``, ``lambda_fit``) → tables,
 statistics (``geomlab.stats``) → figures (``geomlab.plots.lambda_control``).
 ``measure.py`` re-measures λ from a finished run's checkpoints as a run of its own.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pandas as pd
 import torch
@@ -34,7 +34,10 @@ from geomlab.experiments.lambda_control.types import (
     pairs_from_cli,
 )
 from geomlab.geometry import derivatives as deriv
+from geomlab.geometry.derivatives import Method, Path
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
+from geomlab.geometry.lambda_fit import Boundary, measure_lambda, predict_probabilities
+from geomlab.geometry.penalty import class_selective_loss
 from geomlab.models.loading import build_user_model, is_import_path, resolve_import_path
 from geomlab.models.mnist_cnn import build_mnist_cnn
 from geomlab.models.modes import eval_mode
@@ -94,16 +97,16 @@ class Config(ExperimentConfig):
     prob_range: tuple[float, float] = Field(
         (0.2, 0.8), description="boundary points: top softmax probability in [low, high]"
     )
-    boundary: Literal["notebook", "pairwise"] = Field(
-        "notebook",
+    boundary: Boundary = Field(
+        Boundary.NOTEBOOK,
         description="boundary points: notebook = label in the pair; pairwise = the pair are the "
         "two most probable classes (both with the top probability in prob_range)",
     )
     max_points: int = Field(200, ge=1, description="boundary points per pair, at most")
     min_points: int = Field(10, ge=2, description="fewer boundary points: λ is not estimated")
     lambda_batch_size: int = Field(64, ge=1)
-    derivative_method: Literal["auto", "fast", "nested"] = Field(
-        "auto", description="auto: exact fast path when the model allows it, else nested"
+    derivative_method: Method = Field(
+        Method.AUTO, description="auto: exact fast path when the model allows it, else nested"
     )
     train_limit: int | None = Field(None, ge=10, description="first N training images only")
     test_limit: int | None = Field(None, ge=10, description="first N test images only")
@@ -221,11 +224,11 @@ def train_model(
         model, data.train_images[:2], config.derivative_method, max_order=config.reg_max_order,
         labels=data.train_labels[:2], self_check=config.self_check,
     )  # fmt: skip
-    method = "nested" if path == "nested" else "fast"  # linear (cumulants) or Taylor mode
+    method = str(path.method)  # fast: linear (cumulants) or Taylor mode
     direction_generator = torch.Generator(device=device).manual_seed(10_000 + seed)
 
     def loss_fn(model, images, labels):
-        return deriv.class_selective_loss(
+        return class_selective_loss(
             model, images, labels, target_classes=condition.targets, scale=config.reg_scale,
             max_order=config.reg_max_order, num_directions=config.reg_directions,
             method=path, generator=direction_generator, self_check=config.self_check,
@@ -294,9 +297,9 @@ def measurement_generator(base_seed: int, seed: int, pair, device) -> torch.Gene
 
 def measure_pairs(model, data: MNISTTensors, config: Config, *, seed: int, device):
     """λ of every configured pair for one model: ``[(pair, LambdaMeasurement), ...]``."""
-    probs = deriv.predict_probabilities(model, data.test_images, batch_size=config.eval_batch_size)
+    probs = predict_probabilities(model, data.test_images, batch_size=config.eval_batch_size)
     return [
-        (pair, deriv.measure_lambda(
+        (pair, measure_lambda(
             model, data.test_images, data.test_labels, pair,
             max_order=config.lambda_max_order, num_directions=config.lambda_directions,
             prob_range=tuple(config.prob_range), max_points=config.max_points,
@@ -331,7 +334,7 @@ def fast_path_gate(
     labels = data.test_labels[: config.gate_points]
     reference_model = copy.deepcopy(model).double().eval()
     path = deriv.resolve_path(reference_model, points, config.derivative_method)
-    if path == "nested":
+    if path is Path.NESTED:
         return GateResult(name, True, "skipped: nested reference in use", "")
     generator = torch.Generator(device=points.device).manual_seed(config.measurement_seed)
     directions = deriv.sample_unit_directions(2, points, generator=generator)

@@ -13,7 +13,8 @@ normalization its training step applies. Eval mode uses the running statistics, 
   (biased) variance during a forward pass, and later replays them: the same calls become
   eval-mode normalizations with those statistics (no running-statistic update).
 * :func:`isolated_buffers` gives a pass private copies of the model's buffers, so that the
-  penalty's extra passes never change running statistics or counters.
+  penalty's extra passes (and the eligibility and Taylor checks) never change running
+  statistics or counters: the derivative stack's one buffer guard.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "BatchStatistics", "PrimitiveLayerNorm", "batch_moments", "has_training_modules",
+    "isolated_buffers", "normalize",
+]  # fmt: skip
 
 
 def batch_moments(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
