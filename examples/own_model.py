@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from geomlab.geometry import curvature, natural_gradient, reparam
+from geomlab.geometry import params as gp
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,12 +70,12 @@ def python_api() -> None:
 
     # Invariance: rescale every weight/bias entry (log-uniform, max/min = 100).
     params = {n: p.detach() for n, p in fisher.parameters.items()}
-    _, gradient = curvature.loss_and_gradient(model, data, loss="cross_entropy")
+    _, gradient = gp.loss_and_gradient(model, data, loss="cross_entropy")
     scale = reparam.parameter_scale_vector(
         params, reparam.log_uniform_parameter_scales(params, 100.0, seed=0)
     )
     ones = torch.ones_like(scale)
-    start = curvature.model_outputs(model, params, fisher.batches)
+    start = gp.model_outputs(model, params, fisher.batches)
     function_space = {}
     for method in ("sgd", "natgrad"):
         kwargs = {"method": method, "eta": 1e-2, "solver": "dense", "rcond": 1e-10}

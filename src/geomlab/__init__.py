@@ -26,7 +26,6 @@ _EXPORTS = {
     "natural_gradient": "geomlab.geometry.natural_gradient",
     "model_kl_matched_steps": "geomlab.geometry.natural_gradient",
     "rescaled_model_step": "geomlab.geometry.reparam",
-    "softmax_fisher": "geomlab.geometry.fisher",  # former name
     "rescaled_step": "geomlab.geometry.reparam",
     "principal_angles": "geomlab.geometry.spectral",
     "top_singular_triplets": "geomlab.geometry.spectral",
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
         softmax_regression_fisher,
     )
     from geomlab.geometry.derivatives import directional_derivatives, fit_lambda, measure_lambda
-    from geomlab.geometry.fisher import softmax_fisher
     from geomlab.geometry.natural_gradient import (
         categorical_kl,
         kl_matched_step_size,
@@ -64,7 +62,6 @@ __all__ = [
     "principal_angles",
     "rescaled_model_step",
     "rescaled_step",
-    "softmax_fisher",
     "softmax_regression_fisher",
     "symmetric_pseudo_inverse",
     "top_singular_triplets",

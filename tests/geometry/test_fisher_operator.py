@@ -7,6 +7,7 @@ from torch import nn
 
 from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
+from geomlab.geometry import params as gp
 from geomlab.models.mlp import build_mlp
 
 
@@ -16,7 +17,7 @@ def _mlp_classifier():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(30, 4, dtype=torch.float64, generator=g)
     y = torch.randint(0, 3, (30,), generator=g)
-    return model, (x, y), cv.LossKind.CROSS_ENTROPY
+    return model, (x, y), gp.LossKind.CROSS_ENTROPY
 
 
 def _cnn_with_eval_batchnorm():
@@ -33,7 +34,7 @@ def _cnn_with_eval_batchnorm():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(12, 1, 6, 6, dtype=torch.float64, generator=g)
     y = torch.randint(0, 3, (12,), generator=g)
-    return model, (x, y), cv.LossKind.CROSS_ENTROPY
+    return model, (x, y), gp.LossKind.CROSS_ENTROPY
 
 
 def _gelu_regressor():
@@ -42,7 +43,7 @@ def _gelu_regressor():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(25, 4, dtype=torch.float64, generator=g)
     y = torch.randn(25, 2, dtype=torch.float64, generator=g)
-    return model, (x, y), cv.LossKind.MSE
+    return model, (x, y), gp.LossKind.MSE
 
 
 class TinyTransformer(nn.Module):
@@ -110,19 +111,19 @@ def _sequence_data(model, seed, n=14, classes=3):
 def _transformer():
     torch.manual_seed(6)
     model, data = _sequence_data(TinyTransformer(), 7)
-    return model, data, cv.LossKind.CROSS_ENTROPY
+    return model, data, gp.LossKind.CROSS_ENTROPY
 
 
 def _cls_token():
     torch.manual_seed(8)
     model, data = _sequence_data(ClsTokenModel(), 9)
-    return model, data, cv.LossKind.CROSS_ENTROPY
+    return model, data, gp.LossKind.CROSS_ENTROPY
 
 
 def _hf_sdpa():
     torch.manual_seed(10)
     model, data = _sequence_data(SdpaClassifier(), 11)
-    return model, data, cv.LossKind.CROSS_ENTROPY
+    return model, data, gp.LossKind.CROSS_ENTROPY
 
 
 def _layernorm_mlp():
@@ -130,7 +131,7 @@ def _layernorm_mlp():
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.SiLU(), nn.Linear(6, 3)).double()
     g = torch.Generator().manual_seed(13)
     x = torch.randn(20, 4, dtype=torch.float64, generator=g)
-    return model, (x, torch.randint(0, 3, (20,), generator=g)), cv.LossKind.CROSS_ENTROPY
+    return model, (x, torch.randint(0, 3, (20,), generator=g)), gp.LossKind.CROSS_ENTROPY
 
 
 CASES = {"mlp": _mlp_classifier, "cnn_bn": _cnn_with_eval_batchnorm, "gelu": _gelu_regressor,
@@ -147,7 +148,7 @@ def test_operator_matches_dense_reference(case):
     scale = reference.abs().max()
     torch.testing.assert_close(operator.dense(), reference, rtol=0, atol=1e-12 * scale)
     v = torch.randn(operator.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(operator.matvec(v), reference @ v, rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(operator @ v, reference @ v, rtol=0, atol=1e-12 * scale)
 
 
 def test_reference_is_the_expected_outer_product_of_scores_for_a_classifier():
@@ -172,7 +173,7 @@ def test_reference_is_the_expected_outer_product_of_scores_for_a_classifier():
 def test_dense_and_cg_directions_match_the_reference_solve(case, damping):
     model, data, loss = CASES[case]()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     reference = cv.dense_fisher_reference(model, data, loss=loss)
     shifted = reference + damping * torch.eye(len(reference), dtype=torch.float64)
     expected = torch.linalg.pinv(shifted, hermitian=True, rtol=1e-10) @ gradient
@@ -190,7 +191,7 @@ def test_dense_and_cg_directions_match_the_reference_solve(case, damping):
 def test_dense_diagnostics_null_space_share_and_rank():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     result = ng.natural_gradient(operator, gradient, solver="dense", rcond=1e-8)
     # Softmax: shifting every output bias equally changes nothing, so F has a null space ...
     assert result.rank < operator.dim
@@ -203,7 +204,7 @@ def test_dense_diagnostics_null_space_share_and_rank():
 def test_kfac_direction_matches_curvlinops_dense_kfac(eigenvalue_corrected):
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     approximation = operator.kfac(eigenvalue_corrected=eigenvalue_corrected)
     dense_kfac = approximation @ torch.eye(operator.dim, dtype=torch.float64)
     damping = 1e-2
@@ -218,7 +219,7 @@ def test_kfac_direction_matches_curvlinops_dense_kfac(eigenvalue_corrected):
 def test_kfac_factored_damping_is_close_to_exact_damping_for_small_damping():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     exact = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2,
                                 kfac_exact_damping=True).direction  # fmt: skip
     factored = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2).direction
@@ -243,7 +244,7 @@ def test_kfac_refuses_parameters_outside_linear_and_conv_layers():
     operator = cv.FisherOperator(model, data, loss=loss)
     with pytest.raises(cv.UnsupportedShapeError, match=r"not 1\.weight, 1\.bias"):
         operator.kfac()
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     with pytest.raises(ValueError, match="needs damping > 0"):
         ng.natural_gradient(operator, gradient, solver="kfac", damping=0.0)
 
@@ -321,7 +322,9 @@ def test_self_check_runs_once_per_model_and_again_for_new_parameters():
 def test_self_check_mismatch_raises_naming_the_model(monkeypatch):
     model, data, loss = _cls_token()
     real = cv.fisher_product_reference
-    monkeypatch.setattr(cv, "fisher_product_reference", lambda *a, **k: 1.5 * real(*a, **k))
+    monkeypatch.setattr(
+        cv.operator, "fisher_product_reference", lambda *a, **k: 1.5 * real(*a, **k)
+    )
     with pytest.raises(cv.FisherSelfCheckError, match="ClsTokenModel.*differs"):
         cv.FisherOperator(model, data, loss=loss)
     cv.FisherOperator(model, data, loss=loss, self_check=False)  # the flag turns it off
@@ -367,7 +370,7 @@ def test_kl_matched_steps_on_attention_models_match_an_independent_recomputation
         for row, target in zip(rows, eps.tolist(), strict=True):
             eta = (2 * target / (v @ fisher @ v)).sqrt()
             theta = torch.cat([t.reshape(-1) for t in params.values()]) - eta * v
-            after = logits(cv.unflatten(theta, params))
+            after = logits(gp.unflatten(theta, params))
             kl = ng.categorical_kl(before, after)
             assert row["eta"] == pytest.approx(float(eta), rel=1e-9)
             assert row["kl_step"] == pytest.approx(float(kl), rel=1e-7)
@@ -442,7 +445,7 @@ def test_kfac_eligibility_is_checked_before_any_work_and_freezing_works(monkeypa
 def test_progress_reports_cg_iterations_with_residuals_and_dense_columns():
     model, data, loss = _transformer()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     seen = []
     cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
                              progress=lambda *event: seen.append(event))  # fmt: skip
@@ -459,7 +462,7 @@ def test_progress_reports_cg_iterations_with_residuals_and_dense_columns():
 def test_an_unconverged_cg_solve_says_so():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     capped = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
                                  cg_max_iterations=2)  # fmt: skip
     assert capped.cg_iterations == 2 and not capped.converged and capped.tolerance == 1e-8
@@ -486,7 +489,7 @@ def test_kfac_eligibility_leaves_out_attention_projections_it_cannot_hook():
 def test_progress_brackets_the_kfac_factors():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     seen = []
     ng.natural_gradient(operator, gradient, solver="ekfac", damping=1e-2,
                         progress=lambda *e: seen.append(e[:3]))  # fmt: skip
@@ -509,3 +512,27 @@ def test_a_self_check_that_cannot_run_says_so_and_names_the_flag():
         cv.FisherOperator(Float32Only(), data, loss="cross_entropy")
     operator = cv.FisherOperator(Float32Only(), data, loss="cross_entropy", self_check=False)
     assert operator.dim == 15
+
+
+def test_operator_interface_and_dense_from_the_jacobian_equal_products():
+    model, data, loss = _cnn_with_eval_batchnorm()
+    operator = cv.FisherOperator(model, data, loss=loss, batch_size=5)
+    assert operator.shape == (operator.dim, operator.dim) and operator.dtype == torch.float64
+    eye = torch.eye(operator.dim, dtype=torch.float64)
+    by_products = operator @ eye
+    scale = float(by_products.abs().max())
+    torch.testing.assert_close(operator.dense(), (by_products + by_products.T) / 2, rtol=0,
+                               atol=1e-12 * scale)  # fmt: skip
+
+
+def test_softmax_regression_backend_is_the_same_operator():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, dtype=torch.float64, generator=g)
+    probs = torch.softmax(torch.randn(40, 3, dtype=torch.float64, generator=g), dim=1)
+    operator = cv.SoftmaxRegressionFisher(probs, x)
+    dense = cv.softmax_regression_fisher(probs, x)
+    assert operator.shape == dense.shape and operator.dtype == torch.float64
+    v = torch.randn(15, 2, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(operator @ v, dense @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(operator @ v[:, 0], dense @ v[:, 0], rtol=1e-12, atol=1e-14)
+    assert torch.equal(operator.dense(), dense)

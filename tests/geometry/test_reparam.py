@@ -163,7 +163,8 @@ def test_model_step_equals_the_matrix_step_on_softmax_regression(solver):
 
 
 def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
-    from geomlab.geometry.curvature import FisherOperator, LossKind, model_outputs
+    from geomlab.geometry.curvature import FisherOperator
+    from geomlab.geometry.params import LossKind, model_outputs
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
@@ -173,7 +174,7 @@ def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
             torch.randn(200, 2, dtype=torch.float64, generator=g))  # fmt: skip
     operator = FisherOperator(model, data, loss="mse")
     params = {n: p.detach() for n, p in operator.parameters.items()}
-    from geomlab.geometry.curvature import loss_and_gradient
+    from geomlab.geometry.params import loss_and_gradient
 
     _, gradient = loss_and_gradient(model, data, loss="mse")
     ones = torch.ones(operator.dim, dtype=torch.float64)

@@ -25,8 +25,12 @@ from geomlab.experiments.softmax_common import (
     load_data,
     progress_logger,
 )
-from geomlab.geometry.curvature import psd_tolerance
-from geomlab.geometry.gates import GateResult, finite_gate, psd_gate_from_eigenvalues
+from geomlab.geometry.gates import (
+    GateResult,
+    finite_gate,
+    psd_gate_from_eigenvalues,
+    psd_tolerance,
+)
 from geomlab.geometry.natural_gradient import (
     CG_RESIDUAL_SLACK,
     DIAGNOSTIC_COLUMNS,

@@ -21,20 +21,17 @@ from geomlab.experiments.softmax_common import (
 )
 from geomlab.geometry import reparam
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.curvature import (
-    FisherOperator,
+from geomlab.geometry.curvature import FisherOperator, check_finite, softmax_regression_fisher
+from geomlab.geometry.gates import GateResult, finite_gate, psd_gate, psd_tolerance
+from geomlab.geometry.natural_gradient import StepMethod
+from geomlab.geometry.params import (
     as_batches,
-    check_finite,
     flatten,
     loss_and_gradient,
     model_outputs,
-    psd_tolerance,
-    softmax_regression_fisher,
     trainable_parameters,
     unflatten,
 )
-from geomlab.geometry.gates import GateResult, finite_gate, psd_gate
-from geomlab.geometry.natural_gradient import StepMethod
 from geomlab.models import softmax_regression as model
 from geomlab.models.modes import eval_mode
 from geomlab.threads import limited_threads, threads_for_dense_size

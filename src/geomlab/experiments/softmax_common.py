@@ -16,7 +16,8 @@ from torch import nn
 
 from geomlab.data.synthetic import gaussian_clusters
 from geomlab.experiments.base import ExperimentConfig, Seed, SeedList
-from geomlab.geometry.curvature import LossKind, ProgressCallback
+from geomlab.geometry.curvature import ProgressCallback
+from geomlab.geometry.params import LossKind
 from geomlab.models.loading import ImportPathError, is_import_path, resolve_import_path
 from geomlab.models.mlp import Activation
 

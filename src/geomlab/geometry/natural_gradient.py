@@ -19,22 +19,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomlab.geometry import linalg
 from geomlab.geometry.attention import math_attention
 from geomlab.geometry.curvature import (
-    Batch,
     FisherOperator,
-    LossKind,
     NonFiniteOutputError,
     ProgressCallback,
-    as_batches,
     check_finite,
     check_kfac_eligible,
+    softmax_regression_fisher,
+)
+from geomlab.geometry.params import (
+    Batch,
+    LossKind,
+    as_batches,
     flatten,
     loss_and_gradient,
     loss_value,
     model_outputs,
-    softmax_regression_fisher,
     trainable_parameters,
     unflatten,
 )
@@ -95,7 +96,7 @@ def symmetric_pseudo_inverse(matrix: torch.Tensor, *, rcond: float) -> Symmetric
     """
     if rcond < 0:
         raise ValueError(f"rcond must be >= 0, got {rcond}")
-    eigenvalues, eigenvectors = linalg.eigh((matrix + matrix.T) / 2)
+    eigenvalues, eigenvectors = torch.linalg.eigh((matrix + matrix.T) / 2)
     cutoff = rcond * float(eigenvalues.abs().max())
     keep = eigenvalues > cutoff
     inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, 1.0), 0.0)
@@ -447,7 +448,7 @@ def _natural_gradient(
     converged, tolerance = True, float("nan")
     if solver is Solver.DENSE:
         dense = fisher.dense(progress=progress)
-        eigenvalues, eigenvectors = linalg.eigh(dense)
+        eigenvalues, eigenvectors = torch.linalg.eigh(dense)
         shifted = eigenvalues + damping
         keep = shifted > rcond * float(shifted.abs().max())
         coords = eigenvectors.T @ gradient
@@ -466,7 +467,7 @@ def _natural_gradient(
                 progress("CG", iteration, cap, f"residual {residual:.3g}")
 
         result = conjugate_gradient(
-            lambda v: fisher.matvec(v) + damping * v,
+            lambda v: fisher @ v + damping * v,
             gradient,
             tol=cg_tol,
             max_iterations=cg_max_iterations,
@@ -496,7 +497,7 @@ def _natural_gradient(
         if progress is not None:
             progress(f"{solver.value} factors", 1, 1, "factors computed and inverted")
     seconds = time.perf_counter() - start
-    residual = fisher.matvec(direction) + damping * direction - gradient
+    residual = fisher @ direction + damping * direction - gradient
     g_norm = gradient.norm()
     relative_residual = float(residual.norm() / g_norm)
     if solver is Solver.CG:
@@ -521,7 +522,7 @@ def _natural_gradient(
 
 def fisher_curvature(fisher: FisherOperator, direction: torch.Tensor) -> torch.Tensor:
     """``v^T F v`` with the exact, undamped Fisher (one Fisher-vector product)."""
-    return direction @ fisher.matvec(direction)
+    return direction @ (fisher @ direction)
 
 
 def step_size_for_kl(curvature: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:

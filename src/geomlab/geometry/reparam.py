@@ -15,15 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from geomlab.geometry.curvature import (
-    Batch,
-    FisherOperator,
-    LossKind,
-    ProgressCallback,
-    flatten,
-    model_outputs,
-    unflatten,
-)
+from geomlab.geometry.curvature import FisherOperator, ProgressCallback
 from geomlab.geometry.gates import GateResult
 from geomlab.geometry.natural_gradient import (
     Solver,
@@ -34,6 +26,7 @@ from geomlab.geometry.natural_gradient import (
     output_kl,
     symmetric_pseudo_inverse,
 )
+from geomlab.geometry.params import Batch, LossKind, flatten, model_outputs, unflatten
 from geomlab.models import softmax_regression as sr
 
 Method = StepMethod
@@ -420,7 +413,7 @@ def rescaled_model_step_with_cutoff(
             if progress is not None:
                 progress("CG", iteration, cap, f"residual {residual:.3g}")
 
-        result = conjugate_gradient(lambda u: scale * fisher.matvec(scale * u) + damping * u,
+        result = conjugate_gradient(lambda u: scale * (fisher @ (scale * u)) + damping * u,
                                     grad_phi, tol=cg_tol, max_iterations=cg_max_iterations,
                                     callback=report)  # fmt: skip
         return scale * (-eta * result.solution), SolveCutoff()
