@@ -61,9 +61,16 @@ def cnn_section(args, device) -> None:
     with eval_mode(model):
         operator = cv.FisherOperator(model, data, loss="cross_entropy", batch_size=500)
         _, gradient = gp.loss_and_gradient(model, operator.batches, loss="cross_entropy")
-        cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-6,
-                                 cg_max_iterations=args.max_cg)  # fmt: skip
-        kfac = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-3)
+        cg = ng.natural_gradient(
+            operator,
+            gradient,
+            solve=ng.SolveSpec(
+                solver="cg", damping=1e-3, tolerance=1e-6, max_iterations=args.max_cg
+            ),
+        )
+        kfac = ng.natural_gradient(
+            operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=1e-3)
+        )
     cosine = float(cg.direction @ kfac.direction / (cg.direction.norm() * kfac.direction.norm()))
     print(
         f"CG:    {cg.cg_iterations} iterations, relative residual {cg.relative_residual:.1e}, "
@@ -111,8 +118,12 @@ def crossover_section(device) -> None:
         operator = cv.FisherOperator(model, (x, y), loss="cross_entropy")
         _, gradient = gp.loss_and_gradient(model, (x, y), loss="cross_entropy")
         operator @ gradient  # warm-up
-        dense = ng.natural_gradient(operator, gradient, solver="dense", damping=1e-3, rcond=0)
-        cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-6)
+        dense = ng.natural_gradient(
+            operator, gradient, solve=ng.SolveSpec(solver="dense", damping=1e-3, rcond=0)
+        )
+        cg = ng.natural_gradient(
+            operator, gradient, solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-6)
+        )
         diff = float((dense.direction - cg.direction).norm() / dense.direction.norm())
         ratio = dense.seconds / cg.seconds
         print(f"{width:>6} {operator.dim:>7,} {dense.seconds:>9.3f} {cg.seconds:>9.3f} "

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from geomlab.experiments.e1_pareto import records
 from geomlab.geometry import curvature, natural_gradient, reparam
 from geomlab.geometry import params as gp
 
@@ -55,17 +56,21 @@ def python_api() -> None:
     assert error < 1e-12
 
     epsilons = torch.tensor([1e-7, 1e-3, 1e-2], dtype=torch.float64)
-    pair = natural_gradient.model_kl_matched_steps(
-        model, data, epsilons, loss="cross_entropy", methods=["sgd", "natgrad", "kfac"],
-        solver="cg", damping=1e-4, cg_tol=1e-8,
-    )  # fmt: skip
+    pair = natural_gradient.kl_matched_steps(
+        model,
+        data,
+        epsilons,
+        loss="cross_entropy",
+        methods=["sgd", "natgrad", "kfac"],
+        solve=natural_gradient.SolveSpec(solver="cg", damping=1e-4, tolerance=1e-8),
+    )
     print(f"{'method':>8} {'epsilon':>8} {'loss drop':>10} {'KL/eps':>7} {'CG its':>6}")
-    for row in pair.records():
+    for row in records(pair):
         print(f"{row['method']:>8} {row['epsilon']:>8.0e} {row['delta_loss']:>10.5f} "
               f"{row['kl_ratio']:>7.4f} {row['cg_iterations']:>6}")  # fmt: skip
         if row["epsilon"] == 1e-7:
             assert abs(row["kl_ratio"] - 1) < 1e-2  # KL-matched for every method
-    drops = {r["method"]: r["delta_loss"] for r in pair.records() if r["epsilon"] == 1e-3}
+    drops = {r["method"]: r["delta_loss"] for r in records(pair) if r["epsilon"] == 1e-3}
     assert drops["natgrad"] > drops["sgd"]  # more loss reduction for the same KL
 
     # Invariance: rescale every weight/bias entry (log-uniform, max/min = 100).

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from geomlab.experiments.e1_pareto import records
 from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
 from geomlab.geometry import params as gp
@@ -177,12 +178,19 @@ def test_dense_and_cg_directions_match_the_reference_solve(case, damping):
     reference = cv.dense_fisher_reference(model, data, loss=loss)
     shifted = reference + damping * torch.eye(len(reference), dtype=torch.float64)
     expected = torch.linalg.pinv(shifted, hermitian=True, rtol=1e-10) @ gradient
-    dense = ng.natural_gradient(operator, gradient, solver="dense", damping=damping, rcond=1e-10)
+    dense = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="dense", damping=damping, rcond=1e-10)
+    )
     rel = (dense.direction - expected).norm() / expected.norm()
     assert rel < 1e-7
     if damping > 0:  # CG on a well-posed system: to its tolerance
-        cg = ng.natural_gradient(operator, gradient, solver="cg", damping=damping, cg_tol=1e-10,
-                                 cg_max_iterations=10 * operator.dim)  # fmt: skip
+        cg = ng.natural_gradient(
+            operator,
+            gradient,
+            solve=ng.SolveSpec(
+                solver="cg", damping=damping, tolerance=1e-10, max_iterations=10 * operator.dim
+            ),
+        )
         assert cg.relative_residual < 1e-8  # true residual; CG stops on its recurrence
         assert (cg.direction - expected).norm() / expected.norm() < 1e-6
         assert 0 < cg.cg_iterations <= 10 * operator.dim
@@ -192,7 +200,7 @@ def test_dense_diagnostics_null_space_share_and_rank():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
     _, gradient = gp.loss_and_gradient(model, data, loss=loss)
-    result = ng.natural_gradient(operator, gradient, solver="dense", rcond=1e-8)
+    result = ng.natural_gradient(operator, gradient, solve=ng.SolveSpec(solver="dense", rcond=1e-8))
     # Softmax: shifting every output bias equally changes nothing, so F has a null space ...
     assert result.rank < operator.dim
     # ... and the gradient has no component in it (sum_c (p_c - y_c) = 0).
@@ -211,8 +219,11 @@ def test_kfac_direction_matches_curvlinops_dense_kfac(eigenvalue_corrected):
     expected = torch.linalg.solve(dense_kfac + damping * torch.eye(operator.dim).double(),
                                   gradient)  # fmt: skip
     solver = "ekfac" if eigenvalue_corrected else "kfac"
-    result = ng.natural_gradient(operator, gradient, solver=solver, damping=damping,
-                                 kfac_exact_damping=True)  # fmt: skip
+    result = ng.natural_gradient(
+        operator,
+        gradient,
+        solve=ng.SolveSpec(solver=solver, damping=damping, kfac_exact_damping=True),
+    )
     torch.testing.assert_close(result.direction, expected, rtol=1e-8, atol=1e-10)
 
 
@@ -220,9 +231,12 @@ def test_kfac_factored_damping_is_close_to_exact_damping_for_small_damping():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
     _, gradient = gp.loss_and_gradient(model, data, loss=loss)
-    exact = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2,
-                                kfac_exact_damping=True).direction  # fmt: skip
-    factored = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2).direction
+    exact = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=1e-2, kfac_exact_damping=True)
+    ).direction
+    factored = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=1e-2)
+    ).direction
     cosine = float(exact @ factored / (exact.norm() * factored.norm()))
     assert 0.9 < cosine < 1 - 1e-8  # a different damping, the same approximation
 
@@ -246,7 +260,7 @@ def test_kfac_refuses_parameters_outside_linear_and_conv_layers():
         operator.kfac()
     _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     with pytest.raises(ValueError, match="needs damping > 0"):
-        ng.natural_gradient(operator, gradient, solver="kfac", damping=0.0)
+        ng.natural_gradient(operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=0.0))
 
 
 def test_wrong_targets_are_named():
@@ -266,9 +280,15 @@ def test_wrong_targets_are_named():
 def test_measured_kl_over_target_tends_to_one_for_every_solver(case, method, solver):
     model, data, loss = CASES[case]()
     epsilons = torch.tensor([1e-3, 1e-5, 1e-7], dtype=torch.float64)
-    pair = ng.model_kl_matched_steps(model, data, epsilons, loss=loss, methods=[method],
-                                     solver=solver, damping=1e-3, kfac_damping=1e-2)  # fmt: skip
-    errors = [abs(row["kl_ratio"] - 1) for row in pair.records()]
+    pair = ng.kl_matched_steps(
+        model,
+        data,
+        epsilons,
+        loss=loss,
+        methods=[method],
+        solve=ng.SolveSpec(solver=solver, damping=1e-3, kfac_damping=1e-2),
+    )
+    errors = [abs(row["kl_ratio"] - 1) for row in records(pair)]
     # O(sqrt(eps)) from the third-order term; a ReLU kink crossed by a step can add noise,
     # so the approach is checked end to end rather than step by step.
     assert errors[2] < errors[0] and errors[2] < 1e-3
@@ -281,11 +301,11 @@ def test_model_steps_of_softmax_regression_equal_the_fast_path():
     x, y = gaussian_clusters(n_samples=300, n_features=6, n_classes=4, seed=0)
     weight = sr.init_weights(4, 6, seed=0)
     eps = torch.tensor([1e-4, 1e-2], dtype=torch.float64)
-    fast = ng.kl_matched_steps(weight, x, y, eps, rcond=1e-8).records()
+    fast = records(ng.softmax_regression_kl_matched_steps(weight, x, y, eps))
     linear = nn.Linear(6, 4, bias=False).double()
     with torch.no_grad():
         linear.weight.copy_(weight)
-    generic = ng.model_kl_matched_steps(linear, (x, y), eps, loss="cross_entropy").records()
+    generic = records(ng.kl_matched_steps(linear, (x, y), eps, loss="cross_entropy"))
     for a, b in zip(fast, generic, strict=True):
         assert a["method"] == b["method"]
         for column in ("loss_before", "loss_after", "eta", "kl_step", "direction_norm"):
@@ -349,7 +369,9 @@ def test_kl_matched_steps_on_attention_models_match_an_independent_recomputation
 
     model, (x, y), loss = CASES[case]()
     eps = torch.tensor([1e-4, 1e-2], dtype=torch.float64)
-    pair = ng.model_kl_matched_steps(model, (x, y), eps, loss=loss, solver="dense", rcond=1e-10)
+    pair = ng.kl_matched_steps(
+        model, (x, y), eps, loss=loss, solve=ng.SolveSpec(solver="dense", rcond=1e-10)
+    )
     # Independent: dense float64 F by jacrev, own pseudo-inverse, step size, forward, KL.
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     with math_attention():
@@ -366,7 +388,7 @@ def test_kl_matched_steps_on_attention_models_match_an_independent_recomputation
         fisher = cv.dense_fisher_reference(model, (x, y), loss=loss)
         v = torch.linalg.pinv(fisher, hermitian=True, rtol=1e-10) @ g
         before = logits(params)
-        rows = [r for r in pair.records() if r["method"] == "natgrad"]
+        rows = [r for r in records(pair) if r["method"] == "natgrad"]
         for row, target in zip(rows, eps.tolist(), strict=True):
             eta = (2 * target / (v @ fisher @ v)).sqrt()
             theta = torch.cat([t.reshape(-1) for t in params.values()]) - eta * v
@@ -396,7 +418,7 @@ def test_outputs_that_are_not_tensors_or_logits_are_refused_by_name():
     with pytest.raises(ModelOutputError, match="returned a tuple"):
         cv.FisherOperator(TupleModel(), data, loss="cross_entropy")
     with pytest.raises(ModelOutputError, match="returned a tuple"):
-        ng.model_kl_matched_steps(TupleModel(), data, torch.tensor([1e-3]), loss="cross_entropy")
+        ng.kl_matched_steps(TupleModel(), data, torch.tensor([1e-3]), loss="cross_entropy")
 
 
 def test_nan_outputs_are_named_not_called_non_positive_curvature():
@@ -404,7 +426,7 @@ def test_nan_outputs_are_named_not_called_non_positive_curvature():
     with torch.no_grad():
         next(model.parameters())[0, 0] = float("nan")
     with pytest.raises(cv.NonFiniteOutputError, match=r"outputs of model Sequential are not fin"):
-        ng.model_kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss)
+        ng.kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss)
     with pytest.raises(cv.NonFiniteOutputError, match="not finite"):
         ng.step_size_for_kl(torch.tensor(float("nan")), 1e-3)
 
@@ -416,29 +438,43 @@ def test_kfac_eligibility_is_checked_before_any_work_and_freezing_works(monkeypa
         raise AssertionError("work started before the K-FAC eligibility check")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ng, "FisherOperator", no_work)
-        patch.setattr(ng, "loss_and_gradient", no_work)
+        patch.setattr(ng.steps, "FisherOperator", no_work)
+        patch.setattr(ng.steps, "loss_and_gradient", no_work)
         for methods in (["sgd", "natgrad", "kfac"], ["ekfac"]):
             with pytest.raises(cv.UnsupportedShapeError, match=r"1\.weight, 1\.bias.*"
                                r"requires_grad_\(False\)"):  # fmt: skip
-                ng.model_kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss,
-                                          methods=methods, solver="cg")  # fmt: skip
+                ng.kl_matched_steps(
+                    model,
+                    data,
+                    torch.tensor([1e-3]),
+                    loss=loss,
+                    methods=methods,
+                    solve=ng.SolveSpec(solver="cg"),
+                )
     for p in model[1].parameters():
         p.requires_grad_(False)
     assert cv.kfac_ineligible_parameters(model) == []
-    pair = ng.model_kl_matched_steps(model, data, torch.tensor([1e-6]), loss=loss,
-                                     methods=["kfac", "natgrad"], solver="cg", damping=1e-3,
-                                     kfac_damping=1e-2)  # fmt: skip
+    pair = ng.kl_matched_steps(
+        model,
+        data,
+        torch.tensor([1e-6]),
+        loss=loss,
+        methods=["kfac", "natgrad"],
+        solve=ng.SolveSpec(solver="cg", damping=1e-3, kfac_damping=1e-2),
+    )
     assert pair.gradient.numel() == 4 * 6 + 6 + 6 * 3 + 3  # LayerNorm's 12 left out
-    for row in pair.records():
+    for row in records(pair):
         assert abs(row["kl_ratio"] - 1) < 1e-2
     # The frozen model's K-FAC direction is curvlinops' K-FAC of the remaining layers.
     operator = cv.FisherOperator(model, data, loss=loss)
     dense_kfac = operator.kfac() @ torch.eye(operator.dim, dtype=torch.float64)
     expected = torch.linalg.solve(dense_kfac + 1e-2 * torch.eye(operator.dim).double(),
                                   pair.gradient)  # fmt: skip
-    result = ng.natural_gradient(operator, pair.gradient, solver="kfac", damping=1e-2,
-                                 kfac_exact_damping=True)  # fmt: skip
+    result = ng.natural_gradient(
+        operator,
+        pair.gradient,
+        solve=ng.SolveSpec(solver="kfac", damping=1e-2, kfac_exact_damping=True),
+    )
     torch.testing.assert_close(result.direction, expected, rtol=1e-8, atol=1e-10)
 
 
@@ -447,14 +483,20 @@ def test_progress_reports_cg_iterations_with_residuals_and_dense_columns():
     operator = cv.FisherOperator(model, data, loss=loss)
     _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     seen = []
-    cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
-                             progress=lambda *event: seen.append(event))  # fmt: skip
+    cg = ng.natural_gradient(
+        operator,
+        gradient,
+        progress=lambda *event: seen.append(event),
+        solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-8),
+    )
     assert [e[1] for e in seen] == list(range(1, cg.cg_iterations + 1))
     assert {e[0] for e in seen} == {"CG"} and {e[2] for e in seen} == {10 * operator.dim}
     residuals = [float(e[3].removeprefix("residual ")) for e in seen]
     assert residuals[-1] <= 1e-8 < residuals[0]
     seen.clear()
-    ng.natural_gradient(operator, gradient, solver="dense", progress=lambda *e: seen.append(e))
+    ng.natural_gradient(
+        operator, gradient, progress=lambda *e: seen.append(e), solve=ng.SolveSpec(solver="dense")
+    )
     assert seen[-1] == ("Fisher columns", operator.dim, operator.dim, "")
     assert [e[1] for e in seen] == [min(256 * k, operator.dim) for k in range(1, len(seen) + 1)]
 
@@ -463,14 +505,19 @@ def test_an_unconverged_cg_solve_says_so():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
     _, gradient = gp.loss_and_gradient(model, data, loss=loss)
-    capped = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
-                                 cg_max_iterations=2)  # fmt: skip
+    capped = ng.natural_gradient(
+        operator,
+        gradient,
+        solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-8, max_iterations=2),
+    )
     assert capped.cg_iterations == 2 and not capped.converged and capped.tolerance == 1e-8
     assert capped.relative_residual > 1e-3
     assert capped.label() == f"CG, 2 iterations, residual {capped.relative_residual:.2g}"
-    full = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8)
+    full = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-8)
+    )
     assert full.converged and full.relative_residual <= ng.CG_RESIDUAL_SLACK * 1e-8
-    dense = ng.natural_gradient(operator, gradient, solver="dense")
+    dense = ng.natural_gradient(operator, gradient, solve=ng.SolveSpec(solver="dense"))
     assert dense.converged and dense.label() == "dense"
 
 
@@ -491,8 +538,12 @@ def test_progress_brackets_the_kfac_factors():
     operator = cv.FisherOperator(model, data, loss=loss)
     _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     seen = []
-    ng.natural_gradient(operator, gradient, solver="ekfac", damping=1e-2,
-                        progress=lambda *e: seen.append(e[:3]))  # fmt: skip
+    ng.natural_gradient(
+        operator,
+        gradient,
+        progress=lambda *e: seen.append(e[:3]),
+        solve=ng.SolveSpec(solver="ekfac", damping=1e-2),
+    )
     assert seen == [("ekfac factors", 0, 1), ("ekfac factors", 1, 1)]
 
 

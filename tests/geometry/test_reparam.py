@@ -198,7 +198,7 @@ def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
 
 
 def test_solve_cutoff_counts_what_rcond_dropped_against_the_round_off_floor():
-    from geomlab.geometry.natural_gradient import symmetric_pseudo_inverse
+    from geomlab.geometry.natural_gradient import pseudo_inverse
 
     # Hand-derived: eigenvalues 1, 1e-3, 1e-10, 0 under rcond 1e-8: cutoff 1e-8 keeps two;
     # of the two dropped only 1e-10 is above the floor 4 eps(float64) * 1 = 8.9e-16.
@@ -207,12 +207,12 @@ def test_solve_cutoff_counts_what_rcond_dropped_against_the_round_off_floor():
     w = torch.tensor([1.0, 1e-3, 1e-10, 0.0], dtype=torch.float64)
     matrix = rotation @ torch.diag(w) @ rotation.T
     rhs = rotation @ torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
-    cutoff = reparam.solve_cutoff(symmetric_pseudo_inverse(matrix, rcond=1e-8), rhs)
+    cutoff = reparam.solve_cutoff(pseudo_inverse(matrix, rcond=1e-8), rhs)
     assert cutoff.rank == 2 and cutoff.dropped == 2 and cutoff.dropped_above_floor == 1
     assert cutoff.cutoff == pytest.approx(1e-8, rel=1e-12)
     assert cutoff.round_off_floor == pytest.approx(4 * torch.finfo(torch.float64).eps, rel=1e-12)
     assert cutoff.dropped_share == pytest.approx(0.5, rel=1e-9)
-    kept_all = reparam.solve_cutoff(symmetric_pseudo_inverse(matrix, rcond=1e-12), rhs)
+    kept_all = reparam.solve_cutoff(pseudo_inverse(matrix, rcond=1e-12), rhs)
     assert kept_all.dropped_above_floor == 0 and kept_all.rank == 3
 
 

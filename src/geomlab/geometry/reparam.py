@@ -18,18 +18,16 @@ from torch import nn
 from geomlab.geometry.curvature import FisherOperator, ProgressCallback
 from geomlab.geometry.gates import GateResult
 from geomlab.geometry.natural_gradient import (
+    CGInverse,
+    PseudoInverse,
     Solver,
     StepMethod,
-    SymmetricPseudoInverse,
     categorical_kl,
-    conjugate_gradient,
     output_kl,
-    symmetric_pseudo_inverse,
+    pseudo_inverse,
 )
 from geomlab.geometry.params import Batch, LossKind, flatten, model_outputs, unflatten
 from geomlab.models import softmax_regression as sr
-
-Method = StepMethod
 
 
 def two_block_scaling(
@@ -91,7 +89,7 @@ class SolveCutoff:
     round_off_floor: float = float("nan")
 
 
-def solve_cutoff(pinv: SymmetricPseudoInverse, rhs: torch.Tensor) -> SolveCutoff:
+def solve_cutoff(pinv: PseudoInverse, rhs: torch.Tensor) -> SolveCutoff:
     """:class:`SolveCutoff` of ``pinv`` applied to ``rhs``."""
     w = pinv.eigenvalues
     kept = pinv.inverse_eigenvalues != 0
@@ -114,7 +112,7 @@ def rescaled_step(
     fisher: torch.Tensor,
     scale: torch.Tensor,
     *,
-    method: Method,
+    method: StepMethod,
     eta: float,
     rcond: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +131,7 @@ def rescaled_step_with_cutoff(
     fisher: torch.Tensor,
     scale: torch.Tensor,
     *,
-    method: Method,
+    method: StepMethod,
     eta: float,
     rcond: float,
 ) -> tuple[torch.Tensor, torch.Tensor, SolveCutoff]:
@@ -146,8 +144,8 @@ def rescaled_step_with_cutoff(
     fisher_phi = transform_fisher(fisher, scale)
     if method is StepMethod.SGD:
         return scale * (-eta * grad_phi), fisher_phi, SolveCutoff()
-    pinv = symmetric_pseudo_inverse(fisher_phi, rcond=rcond)
-    delta_phi = -eta * pinv.apply(grad_phi)
+    pinv = pseudo_inverse(fisher_phi, rcond=rcond)
+    delta_phi = -eta * (pinv @ grad_phi)
     return scale * delta_phi, fisher_phi, solve_cutoff(pinv, grad_phi)
 
 
@@ -336,6 +334,16 @@ def log_uniform_parameter_scales(
     }
 
 
+class _Rescaled:
+    """``u -> S F (S u)``: the Fisher in phi coordinates, as an operator."""
+
+    def __init__(self, fisher: FisherOperator, scale: torch.Tensor) -> None:
+        self.fisher, self.scale = fisher, scale
+
+    def __matmul__(self, vector: torch.Tensor) -> torch.Tensor:
+        return self.scale * (self.fisher @ (self.scale * vector))
+
+
 def rescaled_model_step(
     fisher: FisherOperator,
     gradient: torch.Tensor,
@@ -404,8 +412,8 @@ def rescaled_model_step_with_cutoff(
         dense = fisher.dense() if fisher_matrix is None else fisher_matrix
         fisher_phi = transform_fisher(dense, scale)
         eye = torch.eye(len(scale), dtype=scale.dtype, device=scale.device)
-        pinv = symmetric_pseudo_inverse(fisher_phi + damping * eye, rcond=rcond)
-        return scale * (-eta * pinv.apply(grad_phi)), solve_cutoff(pinv, grad_phi)
+        pinv = pseudo_inverse(fisher_phi + damping * eye, rcond=rcond)
+        return scale * (-eta * (pinv @ grad_phi)), solve_cutoff(pinv, grad_phi)
     if solver is Solver.CG:
         cap = 10 * grad_phi.numel() if cg_max_iterations is None else cg_max_iterations
 
@@ -413,10 +421,9 @@ def rescaled_model_step_with_cutoff(
             if progress is not None:
                 progress("CG", iteration, cap, f"residual {residual:.3g}")
 
-        result = conjugate_gradient(lambda u: scale * (fisher @ (scale * u)) + damping * u,
-                                    grad_phi, tol=cg_tol, max_iterations=cg_max_iterations,
-                                    callback=report)  # fmt: skip
-        return scale * (-eta * result.solution), SolveCutoff()
+        solver_phi = CGInverse(_Rescaled(fisher, scale), damping=damping, tol=cg_tol,
+                               max_iterations=cg_max_iterations, callback=report)  # fmt: skip
+        return scale * (-eta * (solver_phi @ grad_phi)), SolveCutoff()
     raise ValueError(f"rescaled steps support solver dense or cg, got {solver.value!r}")
 
 
