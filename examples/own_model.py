@@ -83,10 +83,10 @@ def python_api() -> None:
     start = gp.model_outputs(model, params, fisher.batches)
     function_space = {}
     for method in ("sgd", "natgrad"):
-        kwargs = {"method": method, "eta": 1e-2, "solver": "dense", "rcond": 1e-10}
-        moved = reparam.rescaled_model_step(fisher, gradient, scale, **kwargs)
-        base = reparam.rescaled_model_step(fisher, gradient, ones, **kwargs)
-        d = reparam.model_step_discrepancy(model, params, moved, base, fisher.batches,
+        kwargs = {"method": method, "eta": 1e-2, "solve": natural_gradient.SolveSpec(rcond=1e-10)}
+        moved, _ = reparam.rescaled_step(fisher, gradient, scale, **kwargs)
+        base, _ = reparam.rescaled_step(fisher, gradient, ones, **kwargs)
+        d = reparam.step_discrepancy(model, params, moved, base, fisher.batches,
                                            loss="cross_entropy", outputs_start=start)  # fmt: skip
         print(f"{method}: parameter-space rel. discrepancy {d.rel_diff:.1e}, "
               f"function-space (centred logits) {d.logit_diff:.1e}")  # fmt: skip

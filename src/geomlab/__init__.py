@@ -26,7 +26,6 @@ _EXPORTS = {
     "dense_fisher_reference": "geomlab.geometry.curvature",
     "natural_gradient": "geomlab.geometry.natural_gradient",
     "kl_matched_steps": "geomlab.geometry.natural_gradient",
-    "rescaled_model_step": "geomlab.geometry.reparam",
     "rescaled_step": "geomlab.geometry.reparam",
     "principal_angles": "geomlab.geometry.spectral",
     "top_singular_triplets": "geomlab.geometry.spectral",
@@ -47,7 +46,7 @@ if TYPE_CHECKING:
         pseudo_inverse,
         step_size_for_kl,
     )
-    from geomlab.geometry.reparam import rescaled_model_step, rescaled_step
+    from geomlab.geometry.reparam import rescaled_step
     from geomlab.geometry.spectral import principal_angles, top_singular_triplets
 
 __all__ = [
@@ -63,7 +62,6 @@ __all__ = [
     "natural_gradient",
     "principal_angles",
     "pseudo_inverse",
-    "rescaled_model_step",
     "rescaled_step",
     "softmax_regression_fisher",
     "step_size_for_kl",

@@ -18,7 +18,6 @@ from geomlab.geometry.reparam.discrepancy import (
     gate_c_equivalence,
     linear_logit_change,
     max_abs_difference,
-    model_step_discrepancy,
     round_trip_logit_difference,
     softmax_regression_step_discrepancy,
     step_discrepancy,
@@ -45,10 +44,7 @@ from geomlab.geometry.reparam.scaling import (
 )
 from geomlab.geometry.reparam.steps import (
     SolveCutoff,
-    rescaled_model_step,
-    rescaled_model_step_with_cutoff,
     rescaled_step,
-    rescaled_step_with_cutoff,
     solve_cutoff,
 )
 
@@ -56,9 +52,8 @@ __all__ = [
     "INVARIANCE_METHODS", "InvarianceCase", "InvarianceResult", "Scaling", "SolveCutoff",
     "StepDiscrepancy", "centre_classes", "centred_logit_change", "gate_c_equivalence",
     "invariance", "linear_logit_change", "log_uniform_parameter_scales", "log_uniform_pattern",
-    "log_uniform_scaling", "max_abs_difference", "model_case", "model_step_discrepancy",
-    "parameter_scale_vector", "rescaled_model_step", "rescaled_model_step_with_cutoff",
-    "rescaled_step", "rescaled_step_with_cutoff", "round_trip_logit_difference",
+    "log_uniform_scaling", "max_abs_difference", "model_case",
+    "parameter_scale_vector", "rescaled_step", "round_trip_logit_difference",
     "softmax_regression_case", "softmax_regression_step_discrepancy", "solve_cutoff",
     "step_discrepancy", "transform_fisher", "transform_fisher_reference", "transform_gradient",
     "two_block_parameter_scales", "two_block_scaling",

@@ -16,7 +16,7 @@ from geomlab.models import softmax_regression as sr
 
 __all__ = [
     "StepDiscrepancy", "centre_classes", "centred_logit_change", "gate_c_equivalence",
-    "linear_logit_change", "max_abs_difference", "model_step_discrepancy",
+    "linear_logit_change", "max_abs_difference",
     "round_trip_logit_difference", "softmax_regression_step_discrepancy", "step_discrepancy",
 ]  # fmt: skip
 
@@ -65,7 +65,7 @@ class StepDiscrepancy:
     step_norm: float
 
 
-def step_discrepancy(
+def _discrepancy_from_logits(
     delta: torch.Tensor,
     reference: torch.Tensor,
     *,
@@ -109,9 +109,9 @@ def softmax_regression_step_discrepancy(
     n_classes: int,
     logits_start: torch.Tensor,
 ) -> StepDiscrepancy:
-    """:func:`step_discrepancy` for bias-free softmax regression (theta = W flattened)."""
+    """The step discrepancy of bias-free softmax regression (theta = W flattened)."""
     n_features = inputs.shape[1]
-    return step_discrepancy(
+    return _discrepancy_from_logits(
         delta,
         reference,
         logits_start=logits_start,
@@ -150,7 +150,7 @@ def gate_c_equivalence(worst: float, *, tol: float, scope: str = "") -> GateResu
     )
 
 
-def model_step_discrepancy(
+def step_discrepancy(
     model: nn.Module,
     parameters: Mapping[str, torch.Tensor],
     delta: torch.Tensor,
@@ -160,8 +160,9 @@ def model_step_discrepancy(
     loss: LossKind,
     outputs_start: torch.Tensor,
 ) -> StepDiscrepancy:
-    """:func:`step_discrepancy` for any model: outputs at ``theta + delta`` and
-    ``theta + reference`` through ``torch.func.functional_call``; the output change is
+    """How far ``delta`` is from ``reference`` (:class:`StepDiscrepancy`) for any model:
+    outputs at ``theta + delta`` and ``theta + reference`` through
+    ``torch.func.functional_call``; the output change is
     ``f(theta + delta) - f(theta)`` (centred over classes for ``cross_entropy``, where a
     class-uniform shift changes no prediction); the KL is the likelihood's
     (:func:`~geomlab.geometry.natural_gradient.output_kl`)."""

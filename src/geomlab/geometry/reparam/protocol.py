@@ -39,9 +39,9 @@ from geomlab.geometry.params import (
 from geomlab.geometry.reparam.discrepancy import (
     StepDiscrepancy,
     gate_c_equivalence,
-    model_step_discrepancy,
     round_trip_logit_difference,
     softmax_regression_step_discrepancy,
+    step_discrepancy,
 )
 from geomlab.geometry.reparam.scaling import (
     Scaling,
@@ -53,7 +53,7 @@ from geomlab.geometry.reparam.scaling import (
     two_block_parameter_scales,
     two_block_scaling,
 )
-from geomlab.geometry.reparam.steps import SolveCutoff, rescaled_model_step_with_cutoff
+from geomlab.geometry.reparam.steps import SolveCutoff, rescaled_step
 from geomlab.models import softmax_regression as sr
 
 __all__ = [
@@ -157,7 +157,7 @@ def model_case(
         return parameter_scale_vector(params, scales)
 
     def discrepancy(delta: torch.Tensor, reference: torch.Tensor) -> StepDiscrepancy:
-        return model_step_discrepancy(model, params, delta, reference, batches, loss=loss,
+        return step_discrepancy(model, params, delta, reference, batches, loss=loss,
                                       outputs_start=outputs_start)  # fmt: skip
 
     return InvarianceCase(
@@ -201,11 +201,9 @@ def invariance(
                                      rel_tol=rel_tol))  # fmt: skip
 
     def step(scale: torch.Tensor, method: StepMethod) -> tuple[torch.Tensor, SolveCutoff]:
-        delta, cutoff = rescaled_model_step_with_cutoff(
-            fisher, case.gradient, scale, method=method, eta=eta, solver=solve.solver,
-            damping=solve.damping, rcond=solve.rcond, cg_tol=solve.tolerance,
-            cg_max_iterations=solve.max_iterations, fisher_matrix=matrix, progress=progress,
-        )  # fmt: skip
+        delta, cutoff = rescaled_step(fisher, case.gradient, scale, method=method, eta=eta,
+                                      solve=solve, fisher_matrix=matrix,
+                                      progress=progress)  # fmt: skip
         if method is StepMethod.NATGRAD and cutoff.rank >= 0:
             result.cutoffs.append(cutoff)
         return delta, cutoff

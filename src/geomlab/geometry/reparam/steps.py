@@ -12,15 +12,13 @@ from geomlab.geometry.natural_gradient import (
     CGInverse,
     PseudoInverse,
     Solver,
+    SolveSpec,
     StepMethod,
     pseudo_inverse,
 )
 from geomlab.geometry.reparam.scaling import transform_fisher, transform_gradient
 
-__all__ = [
-    "SolveCutoff", "rescaled_model_step", "rescaled_model_step_with_cutoff", "rescaled_step",
-    "rescaled_step_with_cutoff", "solve_cutoff",
-]  # fmt: skip
+__all__ = ["SolveCutoff", "rescaled_step", "solve_cutoff"]
 
 
 @dataclass(frozen=True)
@@ -61,48 +59,6 @@ def solve_cutoff(pinv: PseudoInverse, rhs: torch.Tensor) -> SolveCutoff:
     )
 
 
-def rescaled_step(
-    gradient: torch.Tensor,
-    fisher: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    method: StepMethod,
-    eta: float,
-    rcond: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of size ``eta`` taken in phi coordinates, returned in theta coordinates.
-
-    Returns ``(delta_theta, F_phi)``.
-    """
-    delta, fisher_phi, _ = rescaled_step_with_cutoff(
-        gradient, fisher, scale, method=method, eta=eta, rcond=rcond
-    )
-    return delta, fisher_phi
-
-
-def rescaled_step_with_cutoff(
-    gradient: torch.Tensor,
-    fisher: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    method: StepMethod,
-    eta: float,
-    rcond: float,
-) -> tuple[torch.Tensor, torch.Tensor, SolveCutoff]:
-    """:func:`rescaled_step` plus the :class:`SolveCutoff` of its pseudo-inverse (empty for
-    SGD). Returns ``(delta_theta, F_phi, cutoff)``."""
-    if method not in (StepMethod.SGD, StepMethod.NATGRAD):
-        raise ValueError(f"method must be 'sgd' or 'natgrad', got {method!r}")
-    method = StepMethod(method)
-    grad_phi = transform_gradient(gradient, scale)
-    fisher_phi = transform_fisher(fisher, scale)
-    if method is StepMethod.SGD:
-        return scale * (-eta * grad_phi), fisher_phi, SolveCutoff()
-    pinv = pseudo_inverse(fisher_phi, rcond=rcond)
-    delta_phi = -eta * (pinv @ grad_phi)
-    return scale * delta_phi, fisher_phi, solve_cutoff(pinv, grad_phi)
-
-
 class _Rescaled:
     """``u -> S F (S u)``: the Fisher in phi coordinates, as an operator."""
 
@@ -113,41 +69,14 @@ class _Rescaled:
         return self.scale * (self.fisher @ (self.scale * vector))
 
 
-def rescaled_model_step(
-    fisher: FisherOperator,
+def rescaled_step(
+    fisher: FisherOperator | torch.Tensor,
     gradient: torch.Tensor,
     scale: torch.Tensor,
     *,
     method: StepMethod,
     eta: float,
-    solver: Solver = Solver.DENSE,
-    damping: float = 0.0,
-    rcond: float = 1e-8,
-    cg_tol: float = 1e-10,
-    cg_max_iterations: int | None = None,
-    fisher_matrix: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One step of size ``eta`` taken in coordinates ``phi`` (theta = S * phi), mapped back;
-    :func:`rescaled_model_step_with_cutoff` without the cutoff diagnostics."""
-    return rescaled_model_step_with_cutoff(
-        fisher, gradient, scale, method=method, eta=eta, solver=solver, damping=damping,
-        rcond=rcond, cg_tol=cg_tol, cg_max_iterations=cg_max_iterations,
-        fisher_matrix=fisher_matrix,
-    )[0]  # fmt: skip
-
-
-def rescaled_model_step_with_cutoff(
-    fisher: FisherOperator,
-    gradient: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    method: StepMethod,
-    eta: float,
-    solver: Solver = Solver.DENSE,
-    damping: float = 0.0,
-    rcond: float = 1e-8,
-    cg_tol: float = 1e-10,
-    cg_max_iterations: int | None = None,
+    solve: SolveSpec = SolveSpec(),
     fisher_matrix: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[torch.Tensor, SolveCutoff]:
@@ -161,38 +90,41 @@ def rescaled_model_step_with_cutoff(
     is ``-eta F^-1 g`` for every S; see docs/experiments/e3.md for when it is not.
 
     Args:
-        fisher: the model's Fisher in theta; gradient: ``(P,)``; scale: ``(P,)`` > 0.
+        fisher: the Fisher in theta: a ``FisherOperator`` or a dense ``(P, P)`` tensor.
+        gradient: ``(P,)``; scale: ``(P,)`` > 0.
         method: ``sgd`` or ``natgrad``; eta: step size in phi.
-        solver: ``dense`` or ``cg`` (K-FAC in phi would be a different approximation).
-        damping, rcond, cg_tol, cg_max_iterations: as in
-            :func:`~geomlab.geometry.natural_gradient.natural_gradient`.
-        fisher_matrix: ``fisher.dense()`` if already formed (``dense`` reuses it).
+        solve: ``dense`` or ``cg`` (K-FAC in phi would be a different approximation), damping,
+            rcond, CG tolerance and cap (:class:`~geomlab.geometry.natural_gradient.SolveSpec`).
+        fisher_matrix: the dense Fisher if already formed (``dense`` reuses it; a dense
+            ``fisher`` is its own).
 
     Returns:
         ``((P,) step in theta, SolveCutoff)``.
     """
-    method, solver = StepMethod(method), Solver(solver)
     if method not in (StepMethod.SGD, StepMethod.NATGRAD):
-        raise ValueError(f"method must be 'sgd' or 'natgrad', got {method.value!r}")
-    grad_phi = scale * gradient
+        raise ValueError(f"method must be 'sgd' or 'natgrad', got {method!r}")
+    method, solver = StepMethod(method), solve.solver
+    grad_phi = transform_gradient(gradient, scale)
     if method is StepMethod.SGD:
         return scale * (-eta * grad_phi), SolveCutoff()
     if solver is Solver.DENSE:
-        dense = fisher.dense() if fisher_matrix is None else fisher_matrix
-        fisher_phi = transform_fisher(dense, scale)
-        if damping:
+        if fisher_matrix is None:
+            fisher_matrix = fisher if isinstance(fisher, torch.Tensor) else fisher.dense()
+        fisher_phi = transform_fisher(fisher_matrix, scale)
+        if solve.damping:
             eye = torch.eye(len(scale), dtype=scale.dtype, device=scale.device)
-            fisher_phi = fisher_phi + damping * eye
-        pinv = pseudo_inverse(fisher_phi, rcond=rcond)
+            fisher_phi = fisher_phi + solve.damping * eye
+        pinv = pseudo_inverse(fisher_phi, rcond=solve.rcond)
         return scale * (-eta * (pinv @ grad_phi)), solve_cutoff(pinv, grad_phi)
     if solver is Solver.CG:
-        cap = 10 * grad_phi.numel() if cg_max_iterations is None else cg_max_iterations
+        cap = solve.iteration_cap(grad_phi.numel())
 
         def report(iteration: int, residual: float) -> None:
             if progress is not None:
                 progress("CG", iteration, cap, f"residual {residual:.3g}")
 
-        solver_phi = CGInverse(_Rescaled(fisher, scale), damping=damping, tol=cg_tol,
-                               max_iterations=cg_max_iterations, callback=report)  # fmt: skip
+        solver_phi = CGInverse(_Rescaled(fisher, scale), damping=solve.damping,
+                               tol=solve.tolerance, max_iterations=solve.max_iterations,
+                               callback=report)  # fmt: skip
         return scale * (-eta * (solver_phi @ grad_phi)), SolveCutoff()
     raise ValueError(f"rescaled steps support solver dense or cg, got {solver.value!r}")
