@@ -34,6 +34,7 @@ from geomlab.geometry.gates import (
 from geomlab.geometry.natural_gradient import (
     CG_RESIDUAL_SLACK,
     KLMeasurement,
+    PseudoInverse,
     Solver,
     SolveSpec,
     StepMethod,
@@ -261,15 +262,24 @@ def one_seed(
         weight.to(inputs.device), inputs, labels, epsilons, solve=config.solve,
         kl_measurement=config.kl_measurement,
     )  # fmt: skip
-    pinv = pair.solves[StepMethod.NATGRAD].inverse
-    size = config.n_classes * config.n_features
-    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=dtype, size=size, default=1e-7)
-    gate = psd_gate_from_eigenvalues(
-        pinv.eigenvalues, name="gate_a_fisher_psd", rel_tol=rel_tol,
-        scope=f"seed={seed}",
-    )  # fmt: skip
-    gate.details["fisher_rank"] = pinv.rank
-    return {"rows": [{"seed": seed, **row} for row in records(pair)], "gate": asdict(gate)}
+    return {"rows": [{"seed": seed, **row} for row in records(pair)],
+            "gate": asdict(gate_a(pair, config, seed))}  # fmt: skip
+
+
+def gate_a(pair: StepPair, config: Config, seed: int) -> GateResult:
+    """Gate A: the Fisher E1 formed (its eigenvalues, from the natgrad solve's dense
+    pseudo-inverse) is PSD; a SKIP when no dense Fisher was formed."""
+    solve = pair.solves.get(StepMethod.NATGRAD)
+    if solve is None or not isinstance(solve.inverse, PseudoInverse):
+        return GateResult("gate_a_fisher_psd", True, "SKIP: no dense Fisher formed (solver "
+                          f"{config.solver.value}); J^T H J is PSD by construction",
+                          scope=f"seed={seed}")  # fmt: skip
+    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype,
+                            size=len(pair.gradient), default=1e-7)  # fmt: skip
+    gate = psd_gate_from_eigenvalues(solve.inverse.eigenvalues, name="gate_a_fisher_psd",
+                                     rel_tol=rel_tol, scope=f"seed={seed}")  # fmt: skip
+    gate.details["fisher_rank"] = solve.rank
+    return gate
 
 
 def cg_converged_gate(raw: pd.DataFrame, config: Config) -> GateResult | None:
@@ -326,19 +336,8 @@ def one_seed_any_model(
         solve=config.solve, batch_size=config.batch_size, self_check=config.fisher_self_check,
         progress=progress,
     )  # fmt: skip
-    solve = pair.solves.get(StepMethod.NATGRAD)
-    if solve is not None and solve.solver is Solver.DENSE:
-        size = sum(p.numel() for p in network.parameters())
-        rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype, size=size)
-        extremes = torch.tensor([solve.min_eigenvalue, solve.max_eigenvalue])
-        gate = psd_gate_from_eigenvalues(extremes, name="gate_a_fisher_psd", rel_tol=rel_tol,
-                                         scope=f"seed={seed}")  # fmt: skip
-        gate.details["fisher_rank"] = solve.rank
-    else:
-        gate = GateResult("gate_a_fisher_psd", True, "SKIP: no dense Fisher formed (solver "
-                          f"{config.solver.value}); J^T H J is PSD by construction",
-                          scope=f"seed={seed}")  # fmt: skip
-    return {"rows": [{"seed": seed, **row} for row in records(pair)], "gate": asdict(gate)}
+    return {"rows": [{"seed": seed, **row} for row in records(pair)],
+            "gate": asdict(gate_a(pair, config, seed))}  # fmt: skip
 
 
 def run(config: Config, ctx: RunContext) -> RunResult:
