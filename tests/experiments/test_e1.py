@@ -184,7 +184,7 @@ def test_softmax_regression_through_the_generic_operator_equals_the_notebook_pat
     assert paper.notebook_path and not generic.notebook_path
     eps = torch.tensor(paper.epsilon_values, dtype=torch.float64)
     fast = pd.DataFrame(e1_pareto.one_seed(paper, 0, *load(paper), eps)["rows"])
-    data = e1_pareto.load_data(generic, torch.device("cpu"))
+    data = generic.load_data(torch.device("cpu"))
     slow = pd.DataFrame(e1_pareto.one_seed_any_model(generic, 0, data, eps)["rows"])
     merged = fast.merge(slow, on=["seed", "epsilon", "method"], suffixes=("", "_generic"))
     assert len(merged) == len(fast) == 10

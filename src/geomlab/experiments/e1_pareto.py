@@ -20,9 +20,7 @@ from geomlab.experiments.softmax_common import (
     DTYPES,
     ClusterSoftmaxConfig,
     PositiveFloat,
-    build_model,
     load_cluster_data,
-    load_data,
     progress_logger,
 )
 from geomlab.geometry.gates import (
@@ -330,7 +328,7 @@ def one_seed_any_model(
     config: Config, seed: int, data, epsilons: torch.Tensor, progress=None
 ) -> dict[str, Any]:
     """E1's KL-matched steps of every configured method on the configured model and data."""
-    network = build_model(config, seed, data)
+    network = config.build_model(seed, data)
     pair = kl_matched_steps(
         network, (data.inputs, data.targets), epsilons, loss=data.loss, methods=config.methods,
         solve=config.solve, batch_size=config.batch_size, self_check=config.fisher_self_check,
@@ -354,7 +352,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         def compute(seed: int) -> dict[str, Any]:
             return one_seed(config, seed, inputs, labels, epsilons)
     else:
-        data = load_data(config, ctx.device)
+        data = config.load_data(ctx.device)
         ctx.log.info("data: %s; model %s; methods %s (natgrad by %s); %d seeds x %d target KLs",
                      data.description, config.model, ", ".join(config.methods),
                      config.solver.value, len(config.seed_list), len(epsilons))  # fmt: skip

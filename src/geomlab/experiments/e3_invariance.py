@@ -13,9 +13,7 @@ from geomlab.experiments.base import Experiment, RunContext, RunResult, Seed
 from geomlab.experiments.softmax_common import (
     ClusterSoftmaxConfig,
     PositiveFloat,
-    build_model,
     load_cluster_data,
-    load_data,
     progress_logger,
 )
 from geomlab.geometry import reparam
@@ -121,7 +119,7 @@ def invariance_for_seed(config: Config, seed: int, data: Any, progress=None) -> 
         case = reparam.softmax_regression_case(weight, inputs, labels, pattern_seed=pattern_seed)
         result = reparam.invariance(case, **options)
     else:
-        network = build_model(config, seed, data)
+        network = config.build_model(seed, data)
         batches = as_batches((data.inputs, data.targets), batch_size=config.batch_size)
         with eval_mode(network), math_attention():
             case = reparam.model_case(
@@ -170,7 +168,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         def compute(seed: int) -> dict[str, Any]:
             return invariance_for_seed(config, seed, (inputs, labels))
     else:
-        data = load_data(config, ctx.device)
+        data = config.load_data(ctx.device)
         ctx.log.info("data: %s; model %s; NG by %s", data.description, config.model,
                      config.solver)  # fmt: skip
         threads = None
