@@ -13,7 +13,8 @@ import torch
 from geomlab.geometry import spectral
 
 __all__ = [
-    "GateResult", "allclose_gate", "finite_columns_gate", "finite_gate", "loss_growth",
+    "GateResult", "allclose_gate", "fast_vs_reference", "finite_columns_gate", "finite_gate",
+    "loss_growth",
     "loss_growth_gate", "psd_gate", "psd_gate_from_eigenvalues", "psd_tolerance",
     "runaway_runs", "topk_converged_gate", "topk_reference_gate", "topk_tolerance",
 ]  # fmt: skip
@@ -122,6 +123,14 @@ def finite_columns_gate(
         columns = [c for c in frame.columns if frame[c].dtype.kind in "fiucb"]
     return finite_gate({c: frame[c].to_numpy(dtype=object) for c in columns}, name=name,
                        scope=scope)  # fmt: skip
+
+
+def fast_vs_reference(fast: torch.Tensor, reference: torch.Tensor) -> float:
+    """The one rule a fast path is compared with its reference by: ``max |fast - reference|``
+    relative to the reference's largest entry (``max |reference|``, floored at 1e-300), a float
+    (NaN/inf when either side is). The Fisher self-check holds it to ``SELF_CHECK_RTOL``."""
+    scale = max(float(reference.abs().max()), 1e-300)
+    return float((fast - reference).abs().max()) / scale
 
 
 def allclose_gate(

@@ -21,6 +21,7 @@ from geomlab.geometry.curvature.reference import (
     jacobian_fisher,
     output_hessian_loss,
 )
+from geomlab.geometry.gates import fast_vs_reference
 from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
 from geomlab.geometry.params import Batch, LossKind, as_batches, trainable_parameters
 
@@ -87,8 +88,7 @@ def fisher_self_check(
             "copyable and dtype-agnostic, or turn the check off (fisher_self_check=false / "
             "self_check=False)"
         ) from error
-    scale = max(float(expected.abs().max()), 1e-300)
-    difference = float((fast - expected).abs().max()) / scale
+    difference = fast_vs_reference(fast, expected)
     if not difference <= rtol:
         raise FisherSelfCheckError(
             f"Fisher self-check failed for model {type(model).__name__}: curvlinops' F v "
