@@ -43,6 +43,13 @@ from geomlab.geometry.natural_gradient import (
 from geomlab.models import softmax_regression as model
 from geomlab.threads import limited_threads, threads_for_dense_size
 
+__all__ = [
+    "Config", "DIAGNOSTIC_COLUMNS", "EPSILON_FLOOR_EPS", "EXPERIMENT", "NOTEBOOK_EPSILONS",
+    "PRESETS", "RAW_COLUMNS", "aggregate", "cg_converged_gate", "epsilon_floor", "gate_a",
+    "kl_runaway_gate", "one_seed", "one_seed_any_model", "records", "relative_advantage", "run",
+    "solve_label",
+]  # fmt: skip
+
 NOTEBOOK_EPSILONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 EPSILON_FLOOR_EPS = 10.0
 """Smallest measurable target KL, in units of the dtype's machine epsilon. The measured KL

@@ -27,6 +27,11 @@ from geomlab.models import softmax_regression as model
 from geomlab.models.modes import eval_mode
 from geomlab.threads import limited_threads, threads_for_dense_size
 
+__all__ = [
+    "Config", "EXPERIMENT", "METHODS", "PRESETS", "RESULT_COLUMNS", "cutoff_columns",
+    "cutoff_summary", "cutoff_warning", "invariance_for_seed", "run", "summarize",
+]  # fmt: skip
+
 METHODS = reparam.INVARIANCE_METHODS
 
 

@@ -19,6 +19,11 @@ from geomlab.geometry.curvature import ProgressCallback
 from geomlab.models.mlp import Activation
 from geomlab.models.registry import BUILTIN_MODELS, build_model, check_spec
 
+__all__ = [
+    "ClusterSoftmaxConfig", "DTYPES", "PROGRESS_INTERVAL_S", "PositiveFloat", "load_cluster_data",
+    "progress_logger",
+]  # fmt: skip
+
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 PositiveFloat = Annotated[float, Field(gt=0)]
 
