@@ -26,6 +26,8 @@ import torch
 
 from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
+from geomlab.geometry import params as gp
+from geomlab.geometry.curvature.operator import _SELF_CHECKED
 from geomlab.models.mlp import build_mlp
 from geomlab.models.modes import eval_mode
 from timing import best_time
@@ -35,11 +37,11 @@ def fvp_vs_backward(label: str, model, data, *, batch_size: int, repeats: int) -
     with eval_mode(model):
         operator = cv.FisherOperator(model, data, loss="cross_entropy", batch_size=batch_size)
         v = torch.randn(operator.dim, dtype=operator.dtype, device=data[0].device)
-        operator.matvec(v)  # warm-up (functorch tracing)
+        operator @ v  # warm-up (functorch tracing)
         backward = best_time(
-            lambda: cv.loss_and_gradient(model, operator.batches, loss="cross_entropy"), repeats
+            lambda: gp.loss_and_gradient(model, operator.batches, loss="cross_entropy"), repeats
         )
-        product = best_time(lambda: operator.matvec(v), repeats)
+        product = best_time(lambda: operator @ v, repeats)
     print(f"{label:<34} {operator.dim:>10,} {backward:>12.3f} {product:>10.3f} "
           f"{product / backward:>7.2f}x")  # fmt: skip
 
@@ -58,10 +60,17 @@ def cnn_section(args, device) -> None:
     print(f"\n## 2-3. CG (damping 1e-3, tol 1e-6, cap {args.max_cg}) vs K-FAC on the CNN")
     with eval_mode(model):
         operator = cv.FisherOperator(model, data, loss="cross_entropy", batch_size=500)
-        _, gradient = cv.loss_and_gradient(model, operator.batches, loss="cross_entropy")
-        cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-6,
-                                 cg_max_iterations=args.max_cg)  # fmt: skip
-        kfac = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-3)
+        _, gradient = gp.loss_and_gradient(model, operator.batches, loss="cross_entropy")
+        cg = ng.natural_gradient(
+            operator,
+            gradient,
+            solve=ng.SolveSpec(
+                solver="cg", damping=1e-3, tolerance=1e-6, max_iterations=args.max_cg
+            ),
+        )
+        kfac = ng.natural_gradient(
+            operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=1e-3)
+        )
     cosine = float(cg.direction @ kfac.direction / (cg.direction.norm() * kfac.direction.norm()))
     print(
         f"CG:    {cg.cg_iterations} iterations, relative residual {cg.relative_residual:.1e}, "
@@ -84,10 +93,10 @@ def self_check_section(label: str, model, data, *, batch_size: int) -> None:
         v = torch.randn(operator.dim, generator=torch.Generator().manual_seed(0)).to(
             next(model.parameters())
         )
-        product = best_time(lambda: operator.matvec(v), 1)
+        product = best_time(lambda: operator @ v, 1)
 
         def fresh() -> None:
-            cv._SELF_CHECKED.pop(model, None)
+            _SELF_CHECKED.pop(model, None)
             cv.fisher_self_check(model, operator.batches, loss="cross_entropy")
 
         first = best_time(fresh, 2)
@@ -107,10 +116,14 @@ def crossover_section(device) -> None:
         torch.manual_seed(0)
         model = build_mlp(20, 10, hidden=(width,), activation="tanh").double().to(device)
         operator = cv.FisherOperator(model, (x, y), loss="cross_entropy")
-        _, gradient = cv.loss_and_gradient(model, (x, y), loss="cross_entropy")
-        operator.matvec(gradient)  # warm-up
-        dense = ng.natural_gradient(operator, gradient, solver="dense", damping=1e-3, rcond=0)
-        cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-6)
+        _, gradient = gp.loss_and_gradient(model, (x, y), loss="cross_entropy")
+        operator @ gradient  # warm-up
+        dense = ng.natural_gradient(
+            operator, gradient, solve=ng.SolveSpec(solver="dense", damping=1e-3, rcond=0)
+        )
+        cg = ng.natural_gradient(
+            operator, gradient, solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-6)
+        )
         diff = float((dense.direction - cg.direction).norm() / dense.direction.norm())
         ratio = dense.seconds / cg.seconds
         print(f"{width:>6} {operator.dim:>7,} {dense.seconds:>9.3f} {cg.seconds:>9.3f} "

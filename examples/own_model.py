@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from geomlab.experiments.e1_pareto import records
 from geomlab.geometry import curvature, natural_gradient, reparam
+from geomlab.geometry import params as gp
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,33 +56,37 @@ def python_api() -> None:
     assert error < 1e-12
 
     epsilons = torch.tensor([1e-7, 1e-3, 1e-2], dtype=torch.float64)
-    pair = natural_gradient.model_kl_matched_steps(
-        model, data, epsilons, loss="cross_entropy", methods=["sgd", "natgrad", "kfac"],
-        solver="cg", damping=1e-4, cg_tol=1e-8,
-    )  # fmt: skip
+    pair = natural_gradient.kl_matched_steps(
+        model,
+        data,
+        epsilons,
+        loss="cross_entropy",
+        methods=["sgd", "natgrad", "kfac"],
+        solve=natural_gradient.SolveSpec(solver="cg", damping=1e-4, tolerance=1e-8),
+    )
     print(f"{'method':>8} {'epsilon':>8} {'loss drop':>10} {'KL/eps':>7} {'CG its':>6}")
-    for row in pair.records():
+    for row in records(pair):
         print(f"{row['method']:>8} {row['epsilon']:>8.0e} {row['delta_loss']:>10.5f} "
               f"{row['kl_ratio']:>7.4f} {row['cg_iterations']:>6}")  # fmt: skip
         if row["epsilon"] == 1e-7:
             assert abs(row["kl_ratio"] - 1) < 1e-2  # KL-matched for every method
-    drops = {r["method"]: r["delta_loss"] for r in pair.records() if r["epsilon"] == 1e-3}
+    drops = {r["method"]: r["delta_loss"] for r in records(pair) if r["epsilon"] == 1e-3}
     assert drops["natgrad"] > drops["sgd"]  # more loss reduction for the same KL
 
     # Invariance: rescale every weight/bias entry (log-uniform, max/min = 100).
     params = {n: p.detach() for n, p in fisher.parameters.items()}
-    _, gradient = curvature.loss_and_gradient(model, data, loss="cross_entropy")
+    _, gradient = gp.loss_and_gradient(model, data, loss="cross_entropy")
     scale = reparam.parameter_scale_vector(
         params, reparam.log_uniform_parameter_scales(params, 100.0, seed=0)
     )
     ones = torch.ones_like(scale)
-    start = curvature.model_outputs(model, params, fisher.batches)
+    start = gp.model_outputs(model, params, fisher.batches)
     function_space = {}
     for method in ("sgd", "natgrad"):
-        kwargs = {"method": method, "eta": 1e-2, "solver": "dense", "rcond": 1e-10}
-        moved = reparam.rescaled_model_step(fisher, gradient, scale, **kwargs)
-        base = reparam.rescaled_model_step(fisher, gradient, ones, **kwargs)
-        d = reparam.model_step_discrepancy(model, params, moved, base, fisher.batches,
+        kwargs = {"method": method, "eta": 1e-2, "solve": natural_gradient.SolveSpec(rcond=1e-10)}
+        moved, _ = reparam.rescaled_step(fisher, gradient, scale, **kwargs)
+        base, _ = reparam.rescaled_step(fisher, gradient, ones, **kwargs)
+        d = reparam.step_discrepancy(model, params, moved, base, fisher.batches,
                                            loss="cross_entropy", outputs_start=start)  # fmt: skip
         print(f"{method}: parameter-space rel. discrepancy {d.rel_diff:.1e}, "
               f"function-space (centred logits) {d.logit_diff:.1e}")  # fmt: skip

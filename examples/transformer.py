@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from geomlab.experiments.e1_pareto import records
 from geomlab.geometry import curvature, derivatives, natural_gradient
 from geomlab.geometry.lambda_fit import measure_lambda
 
@@ -92,13 +93,17 @@ def python_api() -> None:
 
     # 2. SGD vs natural gradient by CG at matched KL; the solve must have converged.
     epsilons = torch.tensor([1e-8, 1e-3], dtype=torch.float64)
-    pair = natural_gradient.model_kl_matched_steps(
-        model, data, epsilons, loss="cross_entropy", methods=["sgd", "natgrad"],
-        solver="cg", damping=1e-4, cg_tol=1e-8,
-    )  # fmt: skip
+    pair = natural_gradient.kl_matched_steps(
+        model,
+        data,
+        epsilons,
+        loss="cross_entropy",
+        methods=["sgd", "natgrad"],
+        solve=natural_gradient.SolveSpec(solver="cg", damping=1e-4, tolerance=1e-8),
+    )
     print(f"{'method':>8} {'epsilon':>8} {'loss drop':>10} {'KL/eps':>7} {'CG its':>6} "
           f"{'residual':>9}")  # fmt: skip
-    for row in pair.records():
+    for row in records(pair):
         print(f"{row['method']:>8} {row['epsilon']:>8.0e} {row['delta_loss']:>10.5f} "
               f"{row['kl_ratio']:>7.4f} {row['cg_iterations']:>6} "
               f"{row['relative_residual']:>9.1e}")  # fmt: skip
@@ -106,7 +111,7 @@ def python_api() -> None:
             assert abs(row["kl_ratio"] - 1) < 1e-2  # matched KL for both methods
         if row["method"] == "natgrad":
             assert row["relative_residual"] <= 1e-8  # an exact solve, not a truncated one
-    drops = {r["method"]: r["delta_loss"] for r in pair.records() if r["epsilon"] == 1e-3}
+    drops = {r["method"]: r["delta_loss"] for r in records(pair) if r["epsilon"] == 1e-3}
     assert drops["natgrad"] > drops["sgd"]
 
     # 3. Train a little, then input derivatives: Taylor mode against nested autograd, and λ.

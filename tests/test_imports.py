@@ -207,9 +207,9 @@ def test_package_reexports_load_on_first_use():
     code = (
         "import sys, geomlab\n"
         "assert 'torch' not in sys.modules\n"
-        "from geomlab import softmax_fisher, fit_lambda\n"
-        "from geomlab.geometry.fisher import softmax_fisher as direct\n"
-        "assert softmax_fisher is direct and callable(fit_lambda)\n"
+        "from geomlab import softmax_regression_fisher, fit_lambda\n"
+        "from geomlab.geometry.curvature import softmax_regression_fisher as direct\n"
+        "assert softmax_regression_fisher is direct and callable(fit_lambda)\n"
         "assert set(geomlab.__all__) <= set(dir(geomlab))\n"
         "print('ok')"
     )

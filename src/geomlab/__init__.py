@@ -18,15 +18,14 @@ _EXPORTS = {
     "fit_lambda": "geomlab.geometry.lambda_fit",
     "measure_lambda": "geomlab.geometry.lambda_fit",
     "categorical_kl": "geomlab.geometry.natural_gradient",
-    "kl_matched_step_size": "geomlab.geometry.natural_gradient",
-    "symmetric_pseudo_inverse": "geomlab.geometry.natural_gradient",
+    "step_size_for_kl": "geomlab.geometry.natural_gradient",
+    "pseudo_inverse": "geomlab.geometry.natural_gradient",
+    "SolveSpec": "geomlab.geometry.natural_gradient",
     "softmax_regression_fisher": "geomlab.geometry.curvature",
     "FisherOperator": "geomlab.geometry.curvature",
     "dense_fisher_reference": "geomlab.geometry.curvature",
     "natural_gradient": "geomlab.geometry.natural_gradient",
-    "model_kl_matched_steps": "geomlab.geometry.natural_gradient",
-    "rescaled_model_step": "geomlab.geometry.reparam",
-    "softmax_fisher": "geomlab.geometry.fisher",  # former name
+    "kl_matched_steps": "geomlab.geometry.natural_gradient",
     "rescaled_step": "geomlab.geometry.reparam",
     "principal_angles": "geomlab.geometry.spectral",
     "top_singular_triplets": "geomlab.geometry.spectral",
@@ -39,35 +38,34 @@ if TYPE_CHECKING:
         softmax_regression_fisher,
     )
     from geomlab.geometry.derivatives import directional_derivatives
-    from geomlab.geometry.fisher import softmax_fisher
     from geomlab.geometry.lambda_fit import fit_lambda, measure_lambda
     from geomlab.geometry.natural_gradient import (
+        SolveSpec,
         categorical_kl,
-        kl_matched_step_size,
-        model_kl_matched_steps,
+        kl_matched_steps,
         natural_gradient,
-        symmetric_pseudo_inverse,
+        pseudo_inverse,
+        step_size_for_kl,
     )
-    from geomlab.geometry.reparam import rescaled_model_step, rescaled_step
+    from geomlab.geometry.reparam import rescaled_step
     from geomlab.geometry.spectral import principal_angles, top_singular_triplets
 
 __all__ = [
     "FisherOperator",
+    "SolveSpec",
     "__version__",
     "categorical_kl",
     "dense_fisher_reference",
     "directional_derivatives",
     "fit_lambda",
-    "kl_matched_step_size",
+    "kl_matched_steps",
     "measure_lambda",
-    "model_kl_matched_steps",
     "natural_gradient",
     "principal_angles",
-    "rescaled_model_step",
+    "pseudo_inverse",
     "rescaled_step",
-    "softmax_fisher",
     "softmax_regression_fisher",
-    "symmetric_pseudo_inverse",
+    "step_size_for_kl",
     "top_singular_triplets",
 ]
 

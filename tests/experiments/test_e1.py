@@ -9,7 +9,7 @@ from geomlab.config import ConfigError
 from geomlab.data.synthetic import gaussian_clusters
 from geomlab.experiments import e1_pareto, get
 from geomlab.geometry.gates import psd_gate_from_eigenvalues
-from geomlab.geometry.natural_gradient import kl_matched_steps
+from geomlab.geometry.natural_gradient import SolveSpec, softmax_regression_kl_matched_steps
 from geomlab.models import softmax_regression as sr
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "e1_notebook_cpu.json"
@@ -31,13 +31,18 @@ def paper_rows() -> pd.DataFrame:
     for kl_measurement in ("exact", "notebook"):
         for seed in cfg.seed_list:
             weight = sr.init_weights(cfg.n_classes, cfg.n_features, seed=seed)
-            pair = kl_matched_steps(
-                weight, inputs, labels, eps, rcond=cfg.rcond, kl_measurement=kl_measurement
+            pair = softmax_regression_kl_matched_steps(
+                weight,
+                inputs,
+                labels,
+                eps,
+                solve=SolveSpec(rcond=cfg.rcond),
+                kl_measurement=kl_measurement,
             )
-            gate = psd_gate_from_eigenvalues(pair.pseudo_inverse.eigenvalues,
+            gate = psd_gate_from_eigenvalues(pair.solves["natgrad"].inverse.eigenvalues,
                                              rel_tol=1e-7)  # fmt: skip
             assert gate.passed
-            frame = pd.DataFrame(pair.records())
+            frame = pd.DataFrame(e1_pareto.records(pair), columns=e1_pareto.RAW_COLUMNS[1:])
             frame["seed"] = seed
             frame["kl_measurement"] = kl_measurement
             frames.append(frame)
@@ -179,7 +184,7 @@ def test_softmax_regression_through_the_generic_operator_equals_the_notebook_pat
     assert paper.notebook_path and not generic.notebook_path
     eps = torch.tensor(paper.epsilon_values, dtype=torch.float64)
     fast = pd.DataFrame(e1_pareto.one_seed(paper, 0, *load(paper), eps)["rows"])
-    data = e1_pareto.load_data(generic, torch.device("cpu"))
+    data = generic.load_data(torch.device("cpu"))
     slow = pd.DataFrame(e1_pareto.one_seed_any_model(generic, 0, data, eps)["rows"])
     merged = fast.merge(slow, on=["seed", "epsilon", "method"], suffixes=("", "_generic"))
     assert len(merged) == len(fast) == 10

@@ -18,7 +18,7 @@ def test_discrepancies_match_the_notebook(cpu):
     inputs, labels = load_cluster_data(config, cpu)
     ours = pd.DataFrame(
         [r for s in config.seed_list for r in
-         e3_invariance.invariance_for_seed(config, s, inputs, labels)["rows"]]
+         e3_invariance.invariance_for_seed(config, s, (inputs, labels))["rows"]]
     )  # fmt: skip
     notebook = pd.DataFrame(json.loads(FIXTURE.read_text())["rows"])
     merged = notebook.merge(ours, on=["seed", "kappa", "method"], suffixes=("_nb", ""))

@@ -10,7 +10,7 @@ Random networks from :mod:`geomlab.testing.netgen` (one per seed; a failure prin
 * ``method="fast"``: the same numbers, or a ``ValueError`` refusal naming why — never a wrong
   number;
 * the cumulant path on piecewise-linear networks;
-* Fisher products (``FisherOperator.matvec``) against the dense ``torch.func`` Fisher;
+* Fisher products (``FisherOperator @ v``) against the dense ``torch.func`` Fisher;
 * every registered Taylor rule is reached by the CI seeds (a new rule without fuzz coverage
   fails :func:`test_every_taylor_rule_is_reached`).
 
@@ -254,7 +254,7 @@ def test_fisher_products_match_the_dense_reference(seed):
     v = torch.randn(
         operator.dim, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
     )
-    product, expected = operator.matvec(v), dense @ v
+    product, expected = operator @ v, dense @ v
     error = ((product - expected).abs().max() / expected.abs().max()).item()
     if not error <= 1e-10:
         pytest.fail(f"Fisher product error {error} for seed {seed}:\n{model.describe()}")

@@ -15,7 +15,8 @@ import math
 import pytest
 import torch
 
-from geomlab.geometry import curvature, derivatives, natural_gradient, reparam
+from geomlab.experiments.e1_pareto import records
+from geomlab.geometry import curvature, derivatives, natural_gradient, params, reparam
 from geomlab.testing.cases import CASES, case_named
 from geomlab.testing.compare import assert_relative_close, relative_error
 
@@ -61,7 +62,7 @@ def test_fisher_products_match_the_dense_reference(case):
     vectors = torch.randn(operator.dim, 2, dtype=torch.float64,
                           generator=torch.Generator().manual_seed(0))  # fmt: skip
     for v in vectors.T:
-        assert_relative_close(operator.matvec(v), reference @ v, rtol=1e-10, what="F @ v")
+        assert_relative_close(operator @ v, reference @ v, rtol=1e-10, what="F @ v")
     assert_relative_close(operator.dense(), reference, rtol=1e-10, what="dense F")
 
 
@@ -69,11 +70,11 @@ def test_fisher_products_match_the_dense_reference(case):
 def test_kl_matched_steps_are_finite_and_hit_their_kl(case):
     model, data, loss = case.make()
     epsilons = torch.tensor([1e-4, 1e-6, 1e-8], dtype=torch.float64)
-    steps = natural_gradient.model_kl_matched_steps(
-        model, data, epsilons, loss=loss, methods=["sgd", "natgrad"], solver="dense",
-        damping=1e-3,
+    steps = natural_gradient.kl_matched_steps(
+        model, data, epsilons, loss=loss, methods=["sgd", "natgrad"],
+        solve=natural_gradient.SolveSpec(solver="dense", damping=1e-3),
     )  # fmt: skip
-    rows = steps.records()
+    rows = records(steps)
     assert {row["method"] for row in rows} == {"sgd", "natgrad"} and len(rows) == 6
     for row in rows:
         core = ("loss_after", "delta_loss", "kl_step", "kl_ratio", "eta", "direction_norm")
@@ -108,23 +109,23 @@ def test_natural_gradient_is_invariant_in_function_space_and_sgd_is_not(case):
     model, data, loss = case.model(), case.data(200), case.loss  # F well conditioned
     operator = curvature.FisherOperator(model, data, loss=loss)
     parameters = {name: p.detach() for name, p in operator.parameters.items()}
-    _, gradient = curvature.loss_and_gradient(model, data, loss=loss)
+    _, gradient = params.loss_and_gradient(model, data, loss=loss)
     scale = reparam.parameter_scale_vector(
         parameters, reparam.log_uniform_parameter_scales(parameters, 100.0, seed=0)
     )
     ones = torch.ones_like(scale)
-    start = curvature.model_outputs(model, parameters, [data])
+    start = params.model_outputs(model, parameters, [data])
     fisher = operator.dense()
     discrepancy = {}
     for method in ("natgrad", "sgd"):
-        kwargs = {"method": method, "eta": 1e-3, "solver": "dense", "rcond": 1e-12,
-                  "fisher_matrix": fisher}  # fmt: skip
-        base = reparam.rescaled_model_step(operator, gradient, ones, **kwargs)
-        moved = reparam.rescaled_model_step(operator, gradient, scale, **kwargs)
-        after = curvature.model_outputs(model, curvature.unflatten(
-            curvature.flatten(parameters.values()) + base, parameters), [data])  # fmt: skip
+        kwargs = {"method": method, "eta": 1e-3, "fisher_matrix": fisher,
+                  "solve": natural_gradient.SolveSpec(solver="dense", rcond=1e-12)}  # fmt: skip
+        base, _ = reparam.rescaled_step(operator, gradient, ones, **kwargs)
+        moved, _ = reparam.rescaled_step(operator, gradient, scale, **kwargs)
+        after = params.model_outputs(model, params.unflatten(
+            params.flatten(parameters.values()) + base, parameters), [data])  # fmt: skip
         change = float((after - start).abs().max())
-        found = reparam.model_step_discrepancy(
+        found = reparam.step_discrepancy(
             model, parameters, moved, base, [data], loss=loss, outputs_start=start
         )
         discrepancy[method] = found.logit_diff / change

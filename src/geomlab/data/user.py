@@ -6,6 +6,10 @@ import torch
 
 from geomlab.models.loading import ImportPathError, resolve_import_path
 
+__all__ = [
+    "load_user_data",
+]  # fmt: skip
+
 
 def load_user_data(
     spec: str,

@@ -20,24 +20,35 @@ from geomlab.experiments.softmax_common import (
     DTYPES,
     ClusterSoftmaxConfig,
     PositiveFloat,
-    build_model,
     load_cluster_data,
-    load_data,
     progress_logger,
 )
-from geomlab.geometry.curvature import psd_tolerance
-from geomlab.geometry.gates import GateResult, finite_gate, psd_gate_from_eigenvalues
+from geomlab.geometry.gates import (
+    GateResult,
+    finite_gate,
+    psd_gate_from_eigenvalues,
+    psd_tolerance,
+)
 from geomlab.geometry.natural_gradient import (
     CG_RESIDUAL_SLACK,
-    DIAGNOSTIC_COLUMNS,
     KLMeasurement,
+    PseudoInverse,
     Solver,
+    SolveSpec,
     StepMethod,
+    StepPair,
     kl_matched_steps,
-    model_kl_matched_steps,
+    softmax_regression_kl_matched_steps,
 )
 from geomlab.models import softmax_regression as model
 from geomlab.threads import limited_threads, threads_for_dense_size
+
+__all__ = [
+    "Config", "DIAGNOSTIC_COLUMNS", "EPSILON_FLOOR_EPS", "EXPERIMENT", "NOTEBOOK_EPSILONS",
+    "PRESETS", "RAW_COLUMNS", "aggregate", "cg_converged_gate", "epsilon_floor", "gate_a",
+    "kl_runaway_gate", "one_seed", "one_seed_any_model", "records", "relative_advantage", "run",
+    "solve_label",
+]  # fmt: skip
 
 NOTEBOOK_EPSILONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 EPSILON_FLOOR_EPS = 10.0
@@ -110,6 +121,13 @@ class Config(ClusterSoftmaxConfig):
         return self
 
     @property
+    def solve(self) -> SolveSpec:
+        """The natgrad solve and the K-FAC methods' damping, in one frozen spec."""
+        return SolveSpec(solver=self.solver, damping=self.damping, rcond=self.rcond,
+                         tolerance=self.cg_tol, max_iterations=self.cg_max_iterations,
+                         kfac_damping=self.kfac_damping)  # fmt: skip
+
+    @property
     def notebook_path(self) -> bool:
         """The notebook's computation exactly: analytic Fisher, one eigendecomposition."""
         return (
@@ -142,6 +160,41 @@ RAW_COLUMNS = [
     "seed", "epsilon", "method", "loss_before", "loss_after", "delta_loss", "kl_step",
     "kl_target", "kl_ratio", "eta", "grad_norm", "direction_norm", "cos_g_v",
 ]  # fmt: skip
+DIAGNOSTIC_COLUMNS = [
+    "solver", "damping", "cg_iterations", "relative_residual", "null_space_share",
+    "direction_seconds", "cg_tol", "solve_converged", "dropped_above_floor",
+]  # fmt: skip
+"""The solver's diagnostics, in the raw table of any run off the notebook path."""
+
+
+def records(pair: StepPair) -> list[dict[str, Any]]:
+    """One dict per (method, epsilon): the raw-table columns (seed excluded) and
+    :data:`DIAGNOSTIC_COLUMNS` (NaN / empty for SGD)."""
+    rows: list[dict[str, Any]] = []
+    grad_norm = float(pair.gradient.norm())
+    for step in pair.steps:
+        solve = pair.solves[step.method]
+        for i, eps in enumerate(pair.epsilons.tolist()):
+            kl = float(step.kl_step[i])
+            rows.append({
+                "epsilon": eps, "method": step.method.value,
+                "loss_before": float(pair.loss_before), "loss_after": float(step.loss_after[i]),
+                "delta_loss": float(pair.loss_before - step.loss_after[i]),
+                "kl_step": kl, "kl_target": eps, "kl_ratio": kl / eps,
+                "eta": float(step.eta[i]), "grad_norm": grad_norm,
+                "direction_norm": float(step.direction.norm()),
+                "cos_g_v": solve.cos_g_v if solve else float("nan"),
+                "solver": solve.solver.value if solve else "",
+                "damping": solve.damping if solve else float("nan"),
+                "cg_iterations": solve.cg_iterations if solve else 0,
+                "relative_residual": solve.relative_residual if solve else float("nan"),
+                "null_space_share": solve.null_space_share if solve else float("nan"),
+                "direction_seconds": solve.seconds if solve else 0.0,
+                "cg_tol": solve.tolerance if solve else float("nan"),
+                "solve_converged": solve.converged if solve else True,
+                "dropped_above_floor": solve.dropped_above_floor if solve else -1,
+            })  # fmt: skip
+    return rows
 
 
 def aggregate(raw: pd.DataFrame) -> pd.DataFrame:
@@ -210,16 +263,28 @@ def one_seed(
     """E1's step pair from one seed's initial weights, and its Gate A."""
     dtype = config.torch_dtype
     weight = model.init_weights(config.n_classes, config.n_features, seed=seed, dtype=dtype)
-    pair = kl_matched_steps(weight.to(inputs.device), inputs, labels, epsilons,
-                            rcond=config.rcond, kl_measurement=config.kl_measurement)  # fmt: skip
-    size = config.n_classes * config.n_features
-    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=dtype, size=size, default=1e-7)
-    gate = psd_gate_from_eigenvalues(
-        pair.pseudo_inverse.eigenvalues, name="gate_a_fisher_psd", rel_tol=rel_tol,
-        scope=f"seed={seed}",
+    pair = softmax_regression_kl_matched_steps(
+        weight.to(inputs.device), inputs, labels, epsilons, solve=config.solve,
+        kl_measurement=config.kl_measurement,
     )  # fmt: skip
-    gate.details["fisher_rank"] = pair.pseudo_inverse.rank
-    return {"rows": [{"seed": seed, **row} for row in pair.records()], "gate": asdict(gate)}
+    return {"rows": [{"seed": seed, **row} for row in records(pair)],
+            "gate": asdict(gate_a(pair, config, seed))}  # fmt: skip
+
+
+def gate_a(pair: StepPair, config: Config, seed: int) -> GateResult:
+    """Gate A: the Fisher E1 formed (its eigenvalues, from the natgrad solve's dense
+    pseudo-inverse) is PSD; a SKIP when no dense Fisher was formed."""
+    solve = pair.solves.get(StepMethod.NATGRAD)
+    if solve is None or not isinstance(solve.inverse, PseudoInverse):
+        return GateResult("gate_a_fisher_psd", True, "SKIP: no dense Fisher formed (solver "
+                          f"{config.solver.value}); J^T H J is PSD by construction",
+                          scope=f"seed={seed}")  # fmt: skip
+    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype,
+                            size=len(pair.gradient), default=1e-7)  # fmt: skip
+    gate = psd_gate_from_eigenvalues(solve.inverse.eigenvalues, name="gate_a_fisher_psd",
+                                     rel_tol=rel_tol, scope=f"seed={seed}")  # fmt: skip
+    gate.details["fisher_rank"] = solve.rank
+    return gate
 
 
 def cg_converged_gate(raw: pd.DataFrame, config: Config) -> GateResult | None:
@@ -270,26 +335,14 @@ def one_seed_any_model(
     config: Config, seed: int, data, epsilons: torch.Tensor, progress=None
 ) -> dict[str, Any]:
     """E1's KL-matched steps of every configured method on the configured model and data."""
-    network = build_model(config, seed, data)
-    pair = model_kl_matched_steps(
+    network = config.build_model(seed, data)
+    pair = kl_matched_steps(
         network, (data.inputs, data.targets), epsilons, loss=data.loss, methods=config.methods,
-        solver=config.solver, damping=config.damping, kfac_damping=config.kfac_damping,
-        rcond=config.rcond, cg_tol=config.cg_tol, cg_max_iterations=config.cg_max_iterations,
-        batch_size=config.batch_size, self_check=config.fisher_self_check, progress=progress,
+        solve=config.solve, batch_size=config.batch_size, self_check=config.fisher_self_check,
+        progress=progress,
     )  # fmt: skip
-    solve = pair.solves.get(StepMethod.NATGRAD)
-    if solve is not None and solve.solver is Solver.DENSE:
-        size = sum(p.numel() for p in network.parameters())
-        rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype, size=size)
-        extremes = torch.tensor([solve.min_eigenvalue, solve.max_eigenvalue])
-        gate = psd_gate_from_eigenvalues(extremes, name="gate_a_fisher_psd", rel_tol=rel_tol,
-                                         scope=f"seed={seed}")  # fmt: skip
-        gate.details["fisher_rank"] = solve.rank
-    else:
-        gate = GateResult("gate_a_fisher_psd", True, "SKIP: no dense Fisher formed (solver "
-                          f"{config.solver.value}); J^T H J is PSD by construction",
-                          scope=f"seed={seed}")  # fmt: skip
-    return {"rows": [{"seed": seed, **row} for row in pair.records()], "gate": asdict(gate)}
+    return {"rows": [{"seed": seed, **row} for row in records(pair)],
+            "gate": asdict(gate_a(pair, config, seed))}  # fmt: skip
 
 
 def run(config: Config, ctx: RunContext) -> RunResult:
@@ -306,7 +359,7 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         def compute(seed: int) -> dict[str, Any]:
             return one_seed(config, seed, inputs, labels, epsilons)
     else:
-        data = load_data(config, ctx.device)
+        data = config.load_data(ctx.device)
         ctx.log.info("data: %s; model %s; methods %s (natgrad by %s); %d seeds x %d target KLs",
                      data.description, config.model, ", ".join(config.methods),
                      config.solver.value, len(config.seed_list), len(epsilons))  # fmt: skip

@@ -12,35 +12,27 @@ from pydantic import Field
 from geomlab.experiments.base import Experiment, RunContext, RunResult, Seed
 from geomlab.experiments.softmax_common import (
     ClusterSoftmaxConfig,
-    LoadedData,
     PositiveFloat,
-    build_model,
     load_cluster_data,
-    load_data,
     progress_logger,
 )
 from geomlab.geometry import reparam
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.curvature import (
-    FisherOperator,
+from geomlab.geometry.gates import GateResult, finite_gate
+from geomlab.geometry.natural_gradient import SolveSpec
+from geomlab.geometry.params import (
     as_batches,
-    check_finite,
-    flatten,
-    loss_and_gradient,
-    model_outputs,
-    psd_tolerance,
-    softmax_regression_fisher,
-    trainable_parameters,
-    unflatten,
 )
-from geomlab.geometry.gates import GateResult, finite_gate, psd_gate
-from geomlab.geometry.natural_gradient import StepMethod
 from geomlab.models import softmax_regression as model
 from geomlab.models.modes import eval_mode
 from geomlab.threads import limited_threads, threads_for_dense_size
 
-Scaling = Literal["two_block", "log_uniform"]
-METHODS = (StepMethod.SGD, StepMethod.NATGRAD)
+__all__ = [
+    "Config", "EXPERIMENT", "METHODS", "PRESETS", "RESULT_COLUMNS", "cutoff_columns",
+    "cutoff_summary", "cutoff_warning", "invariance_for_seed", "run", "summarize",
+]  # fmt: skip
+
+METHODS = reparam.INVARIANCE_METHODS
 
 
 class Config(ClusterSoftmaxConfig):
@@ -51,8 +43,8 @@ class Config(ClusterSoftmaxConfig):
         description="condition numbers of the rescaling (each > 0); compared with kappa = 1",
     )
     eta: float = Field(1e-3, gt=0, le=1e3, description="step size in the rescaled coordinates")
-    scalings: list[Scaling] = Field(
-        default_factory=lambda: ["two_block", "log_uniform"],
+    scalings: list[reparam.Scaling] = Field(
+        default_factory=lambda: [reparam.Scaling.TWO_BLOCK, reparam.Scaling.LOG_UNIFORM],
         min_length=1,
         description="two_block: the notebook's family; log_uniform: random per coordinate",
     )
@@ -66,6 +58,12 @@ class Config(ClusterSoftmaxConfig):
     )
     damping: float = Field(0.0, ge=0, le=1e6, description="absolute damping of the NG solve")
     cg_tol: float = Field(1e-10, gt=0, lt=1, description="CG relative residual target")
+
+    @property
+    def solve(self) -> SolveSpec:
+        """The NG solve in every coordinate system, in one frozen spec."""
+        return SolveSpec(solver=self.solver, damping=self.damping, rcond=self.rcond,
+                         tolerance=self.cg_tol)  # fmt: skip
 
     @property
     def notebook_path(self) -> bool:
@@ -110,149 +108,36 @@ def cutoff_warning(seed: int, config: Config, cutoffs: list[reparam.SolveCutoff]
     ]
 
 
-def scale_vector(
-    scaling: Scaling, kappa: float, config: Config, seed: int, device: torch.device
-) -> torch.Tensor:
-    n_params = config.n_classes * config.n_features
-    if scaling == "two_block":
-        return reparam.two_block_scaling(
-            kappa, config.n_classes, config.n_features, dtype=config.torch_dtype, device=device
-        )
-    pattern = reparam.log_uniform_pattern(n_params, seed=config.scaling_seed * 1_000_003 + seed)
-    return reparam.log_uniform_scaling(kappa, pattern).to(device, config.torch_dtype)
-
-
-def invariance_for_seed(
-    config: Config, seed: int, inputs: torch.Tensor, labels: torch.Tensor
-) -> dict[str, Any]:
-    """All (scaling, kappa, method) discrepancies of one seed, plus its gates."""
-    device = inputs.device
-    c, d = config.n_classes, config.n_features
-    weight = model.init_weights(c, d, seed=seed, dtype=config.torch_dtype).to(device)
-    theta = weight.reshape(-1)
-    _, gradient, probs = model.loss_and_gradient(weight, inputs, labels)
-    fisher = softmax_regression_fisher(probs, inputs)
-    rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype, size=c * d, default=1e-8)
-    gates = [psd_gate(fisher, name="gate_a_fisher_psd", scope=f"seed={seed} F_theta",
-                      rel_tol=rel_tol)]  # fmt: skip
-    logits_start = model.logits(weight, inputs)
-    step_args = {"eta": config.eta, "rcond": config.rcond}
-    identity = torch.ones_like(theta)
-    reference, cutoffs = {}, []
-    for m in METHODS:
-        reference[m], _, cutoff = reparam.rescaled_step_with_cutoff(
-            gradient, fisher, identity, method=m, **step_args
-        )
-        cutoffs += [cutoff] if m is StepMethod.NATGRAD else []
-    rows = []
-    for scaling in config.scalings:
-        gate_c_worst = 0.0
-        for kappa in config.kappa_values:
-            scale = scale_vector(scaling, kappa, config, seed, device)
-            round_trip = reparam.round_trip_logit_difference(
-                theta, scale, lambda t: model.logits(t.reshape(c, d), inputs), logits_start
-            )
-            gate_c_worst = max(gate_c_worst, round_trip)
-            fisher_phi = reparam.transform_fisher(fisher, scale)
-            gates.append(psd_gate(fisher_phi, name="gate_a_fisher_psd",
-                                  scope=f"seed={seed} {scaling} kappa={kappa:g}",
-                                  rel_tol=rel_tol))  # fmt: skip
-            if kappa == 1.0:
-                continue
-            for method in METHODS:
-                delta, _, cutoff = reparam.rescaled_step_with_cutoff(
-                    gradient, fisher, scale, method=method, **step_args
-                )
-                discrepancy = reparam.softmax_regression_step_discrepancy(
-                    delta, reference[method], theta=theta, inputs=inputs, n_classes=c,
-                    logits_start=logits_start,
-                )  # fmt: skip
-                rows.append({"seed": seed, "scaling": scaling, "kappa": kappa,
-                             "method": method.value, **asdict(discrepancy),
-                             **cutoff_columns(cutoff)})  # fmt: skip
-                cutoffs += [cutoff] if method is StepMethod.NATGRAD else []
-        gates.append(reparam.gate_c_equivalence(gate_c_worst, tol=config.gate_c_tol,
-                                                scope=f"seed={seed} {scaling}"))  # fmt: skip
-    return {"rows": rows, "gates": [asdict(g) for g in gates],
-            "cutoffs": [asdict(c) for c in cutoffs],
-            "warnings": cutoff_warning(seed, config, cutoffs)}  # fmt: skip
-
-
-def invariance_any_model(
-    config: Config, seed: int, data: LoadedData, progress=None
-) -> dict[str, Any]:
-    """All (scaling, kappa, method) discrepancies of one seed for the configured model and data
-    (generic Fisher operator, outputs through functional_call), plus its gates. Runs inside
-    ``math_attention`` (attention models); outputs may be HF-style (``.logits``)."""
-    network = build_model(config, seed, data)
-    batches = as_batches((data.inputs, data.targets), batch_size=config.batch_size)
-    gates: list[GateResult] = []
-    with eval_mode(network), math_attention():
-        params = {n: p.detach() for n, p in trainable_parameters(network).items()}
-        outputs_start = model_outputs(network, params, batches)
-        check_finite(outputs_start, what=f"the outputs of model {type(network).__name__}")
-        fisher = FisherOperator(network, batches, loss=data.loss,
-                                self_check=config.fisher_self_check)  # fmt: skip
-        theta = flatten(params.values())
-        _, gradient = loss_and_gradient(network, batches, loss=data.loss)
-        check_finite(gradient, what=f"the loss gradient of model {type(network).__name__}")
-        dense = fisher.dense(progress=progress) if config.solver == "dense" else None
-        rel_tol = psd_tolerance(config.gate_rel_tol, dtype=config.torch_dtype,
-                                size=len(theta), default=1e-8)  # fmt: skip
-        if dense is not None:
-            gates.append(psd_gate(dense, name="gate_a_fisher_psd", scope=f"seed={seed} F_theta",
-                                  rel_tol=rel_tol))  # fmt: skip
-
-        cutoffs: list[reparam.SolveCutoff] = []
-
-        def step(scale: torch.Tensor, method: StepMethod):
-            delta, cutoff = reparam.rescaled_model_step_with_cutoff(
-                fisher, gradient, scale, method=method, eta=config.eta, solver=config.solver,
-                damping=config.damping, rcond=config.rcond, cg_tol=config.cg_tol,
-                fisher_matrix=dense, progress=progress,
+def invariance_for_seed(config: Config, seed: int, data: Any, progress=None) -> dict[str, Any]:
+    """All (scaling, kappa, method) discrepancies of one seed, plus its gates: the notebook's
+    softmax regression (``data`` = ``(inputs, labels)``) or the configured model and data
+    (``LoadedData``; generic Fisher operator, outputs through functional_call, inside
+    ``math_attention``, outputs may be HF-style), both by :func:`reparam.invariance`."""
+    pattern_seed = config.scaling_seed * 1_000_003 + seed
+    options = {"scalings": config.scalings, "kappas": config.kappa_values, "eta": config.eta,
+               "solve": config.solve, "gate_rel_tol": config.gate_rel_tol,
+               "gate_c_tol": config.gate_c_tol, "scope": f"seed={seed}"}  # fmt: skip
+    if isinstance(data, tuple):
+        inputs, labels = data
+        c, d = config.n_classes, config.n_features
+        weight = model.init_weights(c, d, seed=seed, dtype=config.torch_dtype).to(inputs.device)
+        case = reparam.softmax_regression_case(weight, inputs, labels, pattern_seed=pattern_seed)
+        result = reparam.invariance(case, **options)
+    else:
+        network = config.build_model(seed, data)
+        batches = as_batches((data.inputs, data.targets), batch_size=config.batch_size)
+        with eval_mode(network), math_attention():
+            case = reparam.model_case(
+                network, batches, loss=data.loss, pattern_seed=pattern_seed,
+                dense=config.solver == "dense", self_check=config.fisher_self_check,
+                progress=progress,
             )  # fmt: skip
-            if method is StepMethod.NATGRAD and cutoff.rank >= 0:
-                cutoffs.append(cutoff)
-            return delta, cutoff
-
-        reference = {m: step(torch.ones_like(theta), m)[0] for m in METHODS}
-        rows = []
-        for scaling in config.scalings:
-            gate_c_worst = 0.0
-            for kappa in config.kappa_values:
-                if scaling == "two_block":
-                    scales = reparam.two_block_parameter_scales(params, kappa)
-                else:
-                    scales = reparam.log_uniform_parameter_scales(
-                        params, kappa, seed=config.scaling_seed * 1_000_003 + seed
-                    )
-                scale = reparam.parameter_scale_vector(params, scales)
-                round_trip = reparam.round_trip_logit_difference(
-                    theta, scale, lambda t: model_outputs(network, unflatten(t, params), batches),
-                    outputs_start,
-                )  # fmt: skip
-                gate_c_worst = max(gate_c_worst, round_trip)
-                if dense is not None:
-                    where = f"seed={seed} {scaling} kappa={kappa:g}"
-                    gates.append(psd_gate(reparam.transform_fisher(dense, scale),
-                                          name="gate_a_fisher_psd", rel_tol=rel_tol,
-                                          scope=where))  # fmt: skip
-                if kappa == 1.0:
-                    continue
-                for method in METHODS:
-                    delta, cutoff = step(scale, method)
-                    discrepancy = reparam.model_step_discrepancy(
-                        network, params, delta, reference[method], batches,
-                        loss=data.loss, outputs_start=outputs_start,
-                    )  # fmt: skip
-                    rows.append({"seed": seed, "scaling": scaling, "kappa": kappa,
-                                 "method": method.value, **asdict(discrepancy),
-                                 **cutoff_columns(cutoff)})  # fmt: skip
-            gates.append(reparam.gate_c_equivalence(gate_c_worst, tol=config.gate_c_tol,
-                                                    scope=f"seed={seed} {scaling}"))  # fmt: skip
-    return {"rows": rows, "gates": [asdict(g) for g in gates],
-            "cutoffs": [asdict(c) for c in cutoffs],
-            "warnings": cutoff_warning(seed, config, cutoffs)}  # fmt: skip
+            result = reparam.invariance(case, progress=progress, **options)
+    rows = [{"seed": seed, **{k: v for k, v in row.items() if k != "cutoff"},
+             **cutoff_columns(row["cutoff"])} for row in result.rows]  # fmt: skip
+    return {"rows": rows, "gates": [asdict(g) for g in result.gates],
+            "cutoffs": [asdict(c) for c in result.cutoffs],
+            "warnings": cutoff_warning(seed, config, result.cutoffs)}  # fmt: skip
 
 
 def summarize(results: pd.DataFrame, config: Config) -> dict[str, Any]:
@@ -286,16 +171,16 @@ def run(config: Config, ctx: RunContext) -> RunResult:
         threads = threads_for_dense_size(config.n_classes * config.n_features, ctx.device)
 
         def compute(seed: int) -> dict[str, Any]:
-            return invariance_for_seed(config, seed, inputs, labels)
+            return invariance_for_seed(config, seed, (inputs, labels))
     else:
-        data = load_data(config, ctx.device)
+        data = config.load_data(ctx.device)
         ctx.log.info("data: %s; model %s; NG by %s", data.description, config.model,
                      config.solver)  # fmt: skip
         threads = None
 
         def compute(seed: int) -> dict[str, Any]:
             progress = progress_logger(ctx.log, f"seed {seed}:")
-            return invariance_any_model(config, seed, data, progress=progress)
+            return invariance_for_seed(config, seed, data, progress=progress)
 
     with limited_threads(threads):  # small dense eigensolves: one thread (see geomlab.threads)
         per_seed = [

@@ -7,21 +7,22 @@ The notebooks' setting is bias-free softmax regression on Gaussian clusters; ``m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from geomlab.data.synthetic import gaussian_clusters
+from geomlab.data.registry import BUILTIN_DATA, LoadedData, load_data
 from geomlab.experiments.base import ExperimentConfig, Seed, SeedList
-from geomlab.geometry.curvature import LossKind, ProgressCallback
-from geomlab.models.loading import ImportPathError, is_import_path, resolve_import_path
+from geomlab.geometry.curvature import ProgressCallback
 from geomlab.models.mlp import Activation
+from geomlab.models.registry import BUILTIN_MODELS, build_model, check_spec
 
-BUILTIN_MODELS = ("softmax-regression", "mlp", "mnist-cnn")
-BUILTIN_DATA = ("synthetic", "mnist")
+__all__ = [
+    "ClusterSoftmaxConfig", "DTYPES", "PROGRESS_INTERVAL_S", "PositiveFloat", "load_cluster_data",
+    "progress_logger",
+]  # fmt: skip
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -69,12 +70,12 @@ class ClusterSoftmaxConfig(ExperimentConfig):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        return _check_spec(value, BUILTIN_MODELS)
+        return check_spec(value, BUILTIN_MODELS)
 
     @field_validator("data")
     @classmethod
     def _known_data(cls, value: str) -> str:
-        return _check_spec(value, BUILTIN_DATA)
+        return check_spec(value, BUILTIN_DATA)
 
     @model_validator(mode="after")
     def _classes_fit_features(self):
@@ -95,6 +96,23 @@ class ClusterSoftmaxConfig(ExperimentConfig):
         itemsize = 8 if self.dtype == "float64" else 4
         return {"n_samples": self.n_samples * (self.n_features * itemsize + 8)}  # X and labels
 
+    def load_data(self, device: torch.device, *, spec: str | None = None) -> LoadedData:
+        """The configured data (or ``spec``'s) by :func:`geomlab.data.registry.load_data`."""
+        return load_data(
+            self.data if spec is None else spec, n_samples=self.n_samples,
+            dtype=self.torch_dtype, device=device, n_features=self.n_features,
+            n_classes=self.n_classes, noise_std=self.noise_std,
+            center_scale=self.center_scale, seed=self.data_seed,
+        )  # fmt: skip
+
+    def build_model(self, seed: int, data: LoadedData) -> nn.Module:
+        """The configured model for one seed by :func:`geomlab.models.registry.build_model`."""
+        return build_model(
+            self.model, seed=seed, inputs=data.inputs, n_outputs=data.n_outputs,
+            dtype=self.torch_dtype, mlp_hidden=self.mlp_hidden,
+            mlp_activation=self.mlp_activation,
+        )  # fmt: skip
+
     @property
     def seed_list(self) -> list[int]:
         return list(self.seeds) if self.seeds is not None else list(range(self.n_seeds))
@@ -109,121 +127,12 @@ class ClusterSoftmaxConfig(ExperimentConfig):
         return self.model == "softmax-regression" and self.data == "synthetic"
 
 
-def _check_spec(value: str, builtin: tuple[str, ...]) -> str:
-    if value in builtin:
-        return value
-    if not is_import_path(value):
-        raise ValueError(
-            f"must be one of {', '.join(builtin)} or an import path package.module:function, "
-            f"got {value!r}"
-        )
-    try:
-        resolve_import_path(value)
-    except ImportPathError as error:
-        raise ValueError(str(error)) from None
-    return value
-
-
-@dataclass(frozen=True)
-class LoadedData:
-    """Inputs and targets on the device, the likelihood they imply, and a description."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    loss: LossKind
-    n_outputs: int
-    description: str
-
-
-def load_data(config: ClusterSoftmaxConfig, device: torch.device) -> LoadedData:
-    """The config's data: synthetic clusters, the first ``n_samples`` MNIST training images,
-    or a user's ``(inputs, labels)``. Integer labels mean classification (cross-entropy),
-    floating ``(N, K)`` targets regression (Gaussian MSE)."""
-    if config.data == "synthetic":
-        inputs, targets = load_cluster_data(config, device)
-        description = f"synthetic clusters {config.n_samples}x{config.n_features}"
-    elif config.data == "mnist":
-        from geomlab.data.mnist import STANDARD_COUNTS, load_mnist
-
-        if config.n_samples > STANDARD_COUNTS["train"]:
-            raise ValueError(
-                f"n_samples ({config.n_samples}) exceeds the {STANDARD_COUNTS['train']} MNIST "
-                "training images"
-            )
-        mnist = load_mnist(device=device, train_limit=config.n_samples, test_limit=1,
-                           dtype=config.torch_dtype)  # fmt: skip
-        inputs, targets = mnist.train_images, mnist.train_labels
-        description = f"MNIST first {config.n_samples} training images ({mnist.source})"
-    else:
-        from geomlab.data.user import load_user_data
-
-        inputs, targets = load_user_data(config.data, n_samples=config.n_samples,
-                                         dtype=config.torch_dtype, device=device)  # fmt: skip
-        description = f"{config.data}: {tuple(inputs.shape)}"
-    if targets.is_floating_point():
-        if targets.ndim != 2:
-            raise ValueError(f"data {config.data!r}: regression targets must be (N, K), got "
-                             f"{tuple(targets.shape)}")  # fmt: skip
-        return LoadedData(inputs, targets.to(config.torch_dtype), LossKind.MSE,
-                          targets.shape[1], description)  # fmt: skip
-    n_outputs = int(targets.max()) + 1
-    return LoadedData(inputs, targets.long(), LossKind.CROSS_ENTROPY, n_outputs, description)
-
-
-def build_model(config: ClusterSoftmaxConfig, seed: int, data: LoadedData) -> nn.Module:
-    """The config's model for one seed, in the config's dtype, on the data's device.
-
-    ``softmax-regression``: ``Flatten -> Linear(bias=False)`` with the notebooks' initial
-    weights; ``mlp``: :func:`geomlab.models.mlp.build_mlp` after ``torch.manual_seed(seed)``;
-    ``mnist-cnn``: the notebook CNN (needs 1x28x28 inputs); an import path: the user's
-    factory after ``torch.manual_seed(seed)``.
-    """
-    from geomlab.models import softmax_regression as sr
-
-    dtype, device = config.torch_dtype, data.inputs.device
-    n_features = int(data.inputs[0].numel())
-    if config.model == "softmax-regression":
-        linear = nn.Linear(n_features, data.n_outputs, bias=False, dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(sr.init_weights(data.n_outputs, n_features, seed=seed,
-                                                dtype=dtype))  # fmt: skip
-        model: nn.Module = nn.Sequential(nn.Flatten(), linear)
-    elif config.model == "mlp":
-        from geomlab.models.mlp import build_mlp
-
-        torch.manual_seed(seed)
-        model = build_mlp(n_features, data.n_outputs, hidden=config.mlp_hidden,
-                          activation=config.mlp_activation).to(dtype)  # fmt: skip
-    elif config.model == "mnist-cnn":
-        from geomlab.models.mnist_cnn import build_mnist_cnn
-
-        if tuple(data.inputs.shape[1:]) != (1, 28, 28) or data.n_outputs > 10:
-            raise ValueError(
-                f"model 'mnist-cnn' needs (N, 1, 28, 28) inputs and <= 10 classes (data=mnist), "
-                f"got inputs {tuple(data.inputs.shape)} and {data.n_outputs} outputs"
-            )
-        model = build_mnist_cnn(seed=seed).to(dtype)
-    else:
-        from geomlab.models.loading import build_user_model
-
-        model = build_user_model(config.model, seed=seed, dtype=dtype, device=device)
-    return model.to(device)
-
-
 def load_cluster_data(
     config: ClusterSoftmaxConfig, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the data on the CPU (bit-reproducible, notebook order), then move it."""
-    inputs, labels = gaussian_clusters(
-        n_samples=config.n_samples,
-        n_features=config.n_features,
-        n_classes=config.n_classes,
-        noise_std=config.noise_std,
-        center_scale=config.center_scale,
-        seed=config.data_seed,
-        dtype=config.torch_dtype,
-    )
-    return inputs.to(device), labels.to(device)
+    """The notebooks' synthetic clusters (drawn on the CPU, bit-reproducible, then moved)."""
+    data = config.load_data(device, spec="synthetic")
+    return data.inputs, data.targets
 
 
 PROGRESS_INTERVAL_S = 5.0

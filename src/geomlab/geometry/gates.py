@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomlab.geometry import linalg, spectral
+from geomlab.geometry import spectral
+
+__all__ = [
+    "GateResult", "allclose_gate", "fast_vs_reference", "finite_columns_gate", "finite_gate",
+    "loss_growth",
+    "loss_growth_gate", "psd_gate", "psd_gate_from_eigenvalues", "psd_tolerance",
+    "runaway_runs", "topk_converged_gate", "topk_reference_gate", "topk_tolerance",
+]  # fmt: skip
 
 
 @dataclass
@@ -29,12 +36,27 @@ class GateResult:
         return {**row, **details}
 
 
+def psd_tolerance(
+    rel_tol: float | None, *, dtype: torch.dtype, size: int, default: float = 1e-7
+) -> float:
+    """Relative tolerance of a PSD check on a ``size x size`` matrix computed in ``dtype``.
+
+    An explicit ``rel_tol`` is used as given. ``None`` means the default scaled to the dtype:
+    ``max(default, size * eps(dtype))``, the order of an eigensolver's backward error, so that
+    float32 round-off (eigenvalues of -4e-7 x max at size 160) is not read as indefiniteness,
+    while float64 keeps ``default``.
+    """
+    if rel_tol is not None:
+        return rel_tol
+    return max(default, size * torch.finfo(dtype).eps)
+
+
 def psd_gate(
     matrix: torch.Tensor, *, name: str = "fisher_psd", scope: str = "", rel_tol: float = 1e-7
 ) -> GateResult:
     """Gate A: a symmetric matrix is PSD up to ``rel_tol`` times its largest |eigenvalue|."""
     sym = (matrix + matrix.mT) / 2
-    eigenvalues = linalg.eigvalsh(sym)
+    eigenvalues = torch.linalg.eigvalsh(sym)
     return psd_gate_from_eigenvalues(eigenvalues, name=name, scope=scope, rel_tol=rel_tol)
 
 
@@ -101,6 +123,14 @@ def finite_columns_gate(
         columns = [c for c in frame.columns if frame[c].dtype.kind in "fiucb"]
     return finite_gate({c: frame[c].to_numpy(dtype=object) for c in columns}, name=name,
                        scope=scope)  # fmt: skip
+
+
+def fast_vs_reference(fast: torch.Tensor, reference: torch.Tensor) -> float:
+    """The one rule a fast path is compared with its reference by: ``max |fast - reference|``
+    relative to the reference's largest entry (``max |reference|``, floored at 1e-300), a float
+    (NaN/inf when either side is). The Fisher self-check holds it to ``SELF_CHECK_RTOL``."""
+    scale = max(float(reference.abs().max()), 1e-300)
+    return float((fast - reference).abs().max()) / scale
 
 
 def allclose_gate(

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = [
+    "SingularTriplets", "abs_cos", "column_space_angle_bound_deg", "energy_fraction_in_span",
+    "entropy_effective_rank", "gradient_alignment_metrics", "orthonormal_basis",
+    "principal_angle_summary_deg", "principal_angles", "residue_direction", "singular_value_gap",
+    "spectral_norm_reference", "stable_rank", "subspace_alignment_cosines",
+    "top_singular_triplets", "top_singular_triplets_reference",
+]  # fmt: skip
+
 
 @dataclass(frozen=True)
 class SingularTriplets:

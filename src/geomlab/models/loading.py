@@ -15,6 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = [
+    "ImportPathError", "build_user_model", "is_import_path", "resolve_import_path",
+]  # fmt: skip
+
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 

@@ -7,6 +7,10 @@ from enum import StrEnum
 
 from torch import nn
 
+__all__ = [
+    "Activation", "build_mlp",
+]  # fmt: skip
+
 
 class Activation(StrEnum):
     """Hidden-layer nonlinearity."""

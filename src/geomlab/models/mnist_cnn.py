@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "Activation", "MNISTConvNet", "NUM_PARAMETERS", "build_mnist_cnn", "count_parameters",
+]  # fmt: skip
+
 NUM_PARAMETERS = 1_199_882
 Activation = Literal["relu", "gelu"]
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}

@@ -7,6 +7,10 @@ from contextlib import contextmanager
 
 from torch import nn
 
+__all__ = [
+    "eval_mode", "module_mode", "train_mode",
+]  # fmt: skip
+
 
 @contextmanager
 def module_mode(model: nn.Module, *, training: bool) -> Iterator[nn.Module]:

@@ -7,6 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "init_weights", "logits", "loss", "loss_and_gradient",
+]  # fmt: skip
+
 
 def init_weights(
     n_classes: int, n_features: int, *, seed: int, dtype: torch.dtype = torch.float64

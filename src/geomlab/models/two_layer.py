@@ -21,6 +21,14 @@ from enum import StrEnum
 
 import torch
 
+__all__ = [
+    "ACTIVATIONS", "Activation", "Choice", "GammaScale", "LrScale", "OuterInit",
+    "Parameterization", "ROW_NORM_EPS", "activation_derivative", "activation_function",
+    "default_outer_init", "forward", "gamma_value", "gradient_step", "init_inner_weights",
+    "init_outer_weights", "inner_weight_gradient", "inner_weight_gradient_autograd", "lr_value",
+    "mean_squared_error", "output_scale", "preactivations",
+]  # fmt: skip
+
 ROW_NORM_EPS = 1e-8  # keeps the renormalization finite for an (unlikely) all-zero row
 
 

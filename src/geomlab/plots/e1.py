@@ -7,6 +7,10 @@ import pandas as pd
 from geomlab.plots.style import COLORS, LABELS, PALETTE, paper_style
 from geomlab.plots.style import figure as new_figure
 
+__all__ = [
+    "EXTRA_COLORS", "EXTRA_LABELS", "MARKERS", "METHOD_ORDER", "pareto_figure",
+]  # fmt: skip
+
 MARKERS = {"sgd": "s", "natgrad": "o", "kfac": "^", "ekfac": "v"}
 METHOD_ORDER = ("sgd", "natgrad", "kfac", "ekfac")
 EXTRA_COLORS = {"kfac": PALETTE[4], "ekfac": PALETTE[3]}  # not the advantage panel's accent

@@ -8,6 +8,10 @@ import pandas as pd
 from geomlab.plots.style import COLORS, LABELS, paper_style
 from geomlab.plots.style import figure as new_figure
 
+__all__ = [
+    "FAMILY_LABELS", "FLOOR", "LINESTYLES", "MARKERS", "invariance_figure",
+]  # fmt: skip
+
 LINESTYLES = {"two_block": "-", "log_uniform": "--"}
 FAMILY_LABELS = {"two_block": "two-block", "log_uniform": "log-uniform"}
 MARKERS = {"sgd": "s", "natgrad": "o"}

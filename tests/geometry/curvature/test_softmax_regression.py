@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from geomlab.geometry import curvature as cv
+from geomlab.geometry.gates import psd_tolerance
 from geomlab.models import softmax_regression as sr
 
 SHAPES = [(50, 10, 16), (37, 3, 5), (200, 7, 2), (64, 2, 9), (5, 12, 4)]
@@ -107,8 +108,8 @@ def test_fisher_vector_product_refuses_a_vector_of_another_model():
 
 
 def test_psd_tolerance_scales_its_default_with_dtype_eps_and_keeps_explicit_values():
-    assert cv.psd_tolerance(None, dtype=torch.float64, size=160) == 1e-7
-    assert cv.psd_tolerance(None, dtype=torch.float32, size=160) == pytest.approx(
+    assert psd_tolerance(None, dtype=torch.float64, size=160) == 1e-7
+    assert psd_tolerance(None, dtype=torch.float32, size=160) == pytest.approx(
         160 * torch.finfo(torch.float32).eps
     )
-    assert cv.psd_tolerance(1e-300, dtype=torch.float32, size=160) == 1e-300
+    assert psd_tolerance(1e-300, dtype=torch.float32, size=160) == 1e-300

@@ -5,7 +5,7 @@ import torch
 
 from geomlab.geometry import reparam
 from geomlab.geometry.curvature import softmax_regression_fisher as softmax_fisher
-from geomlab.geometry.natural_gradient import categorical_kl
+from geomlab.geometry.natural_gradient import SolveSpec, categorical_kl
 from geomlab.models import softmax_regression as sr
 
 
@@ -41,16 +41,25 @@ def test_ng_step_is_invariant_to_round_off_for_an_invertible_fisher():
     fisher = _spd(n, 5)
     gradient = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     pattern = reparam.log_uniform_pattern(n, seed=7)
-    base, _ = reparam.rescaled_step(gradient, fisher, torch.ones(n, dtype=torch.float64),
-                                    method="natgrad", eta=1e-3, rcond=1e-12)  # fmt: skip
+    base, _ = reparam.rescaled_step(
+        fisher,
+        gradient,
+        torch.ones(n, dtype=torch.float64),
+        method="natgrad",
+        eta=1e-3,
+        solve=SolveSpec(rcond=1e-12),
+    )
     sgd_base = -1e-3 * gradient
     previous_sgd = 0.0
     for kappa in (10.0, 100.0, 1000.0):
         scale = reparam.log_uniform_scaling(kappa, pattern)
-        ng, _ = reparam.rescaled_step(gradient, fisher, scale, method="natgrad", eta=1e-3,
-                                      rcond=1e-12)  # fmt: skip
+        ng, _ = reparam.rescaled_step(
+            fisher, gradient, scale, method="natgrad", eta=1e-3, solve=SolveSpec(rcond=1e-12)
+        )
         assert reparam.max_abs_difference(ng, base) < 1e-10 * base.abs().max()
-        sgd, _ = reparam.rescaled_step(gradient, fisher, scale, method="sgd", eta=1e-3, rcond=0)
+        sgd, _ = reparam.rescaled_step(
+            fisher, gradient, scale, method="sgd", eta=1e-3, solve=SolveSpec(rcond=0)
+        )
         torch.testing.assert_close(sgd, -1e-3 * scale**2 * gradient, rtol=1e-15, atol=0)
         discrepancy = reparam.max_abs_difference(sgd, sgd_base)
         assert discrepancy > previous_sgd  # SGD's discrepancy grows with kappa
@@ -66,13 +75,20 @@ def test_ng_step_is_function_space_invariant_for_the_singular_softmax_fisher():
     _, gradient, probs = sr.loss_and_gradient(weight, inputs, labels)
     fisher = softmax_fisher(probs, inputs)
     theta = weight.reshape(-1)
-    base, _ = reparam.rescaled_step(gradient, fisher, torch.ones_like(theta), method="natgrad",
-                                    eta=1e-2, rcond=1e-8)  # fmt: skip
+    base, _ = reparam.rescaled_step(
+        fisher,
+        gradient,
+        torch.ones_like(theta),
+        method="natgrad",
+        eta=1e-2,
+        solve=SolveSpec(rcond=1e-8),
+    )
     # Per-coordinate scales that differ between classes move the Fisher's null space,
     # so the parameter-space step changes ...
     scale = reparam.log_uniform_scaling(1000.0, reparam.log_uniform_pattern(c * d, seed=1))
-    step, _ = reparam.rescaled_step(gradient, fisher, scale, method="natgrad", eta=1e-2,
-                                    rcond=1e-8)  # fmt: skip
+    step, _ = reparam.rescaled_step(
+        fisher, gradient, scale, method="natgrad", eta=1e-2, solve=SolveSpec(rcond=1e-8)
+    )
     assert reparam.max_abs_difference(step, base) > 1e-3 * base.abs().max()
     # ... only along class-uniform shifts, which no prediction sees.
     centred = reparam.max_abs_difference(
@@ -83,7 +99,9 @@ def test_ng_step_is_function_space_invariant_for_the_singular_softmax_fisher():
     after = sr.logits((theta + step).reshape(c, d), inputs)
     assert abs(float(categorical_kl(after_base, after))) < 1e-15
     # SGD is not invariant in function space either.
-    sgd, _ = reparam.rescaled_step(gradient, fisher, scale, method="sgd", eta=1e-2, rcond=0)
+    sgd, _ = reparam.rescaled_step(
+        fisher, gradient, scale, method="sgd", eta=1e-2, solve=SolveSpec(rcond=0)
+    )
     sgd_centred = reparam.max_abs_difference(
         reparam.centred_logit_change(sgd, inputs, c),
         reparam.centred_logit_change(-1e-2 * gradient, inputs, c),
@@ -93,8 +111,14 @@ def test_ng_step_is_function_space_invariant_for_the_singular_softmax_fisher():
 
 def test_rescaled_step_rejects_unknown_method():
     with pytest.raises(ValueError, match="method"):
-        reparam.rescaled_step(torch.ones(2), torch.eye(2), torch.ones(2), method="adam", eta=1,
-                              rcond=0)  # fmt: skip
+        reparam.rescaled_step(
+            torch.eye(2),
+            torch.ones(2),
+            torch.ones(2),
+            method="adam",
+            eta=1,
+            solve=SolveSpec(rcond=0),
+        )
 
 
 def test_two_block_scaling_preserves_the_softmax_null_space():
@@ -154,16 +178,19 @@ def test_model_step_equals_the_matrix_step_on_softmax_regression(solver):
     fisher = softmax_fisher(probs, inputs)
     operator = FisherOperator(model, (inputs, labels), loss="cross_entropy")
     scale = reparam.two_block_scaling(10.0, 4, 6)
-    expected, _ = reparam.rescaled_step(gradient, fisher, scale, method="natgrad", eta=1e-2,
-                                        rcond=1e-8)  # fmt: skip
-    step = reparam.rescaled_model_step(operator, gradient, scale, method="natgrad", eta=1e-2,
-                                       solver=solver, rcond=1e-8)  # fmt: skip
+    expected, _ = reparam.rescaled_step(
+        fisher, gradient, scale, method="natgrad", eta=1e-2, solve=SolveSpec(rcond=1e-8)
+    )
+    step, _ = reparam.rescaled_step(operator, gradient, scale, method="natgrad", eta=1e-2,
+                                    solve=SolveSpec(solver=solver, rcond=1e-8,
+                                                    tolerance=1e-10))  # fmt: skip
     # CG (from zero) converges to the minimum-norm solution, the pseudo-inverse's.
     torch.testing.assert_close(step, expected, rtol=1e-6, atol=1e-9 * expected.abs().max())
 
 
 def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
-    from geomlab.geometry.curvature import FisherOperator, LossKind, model_outputs
+    from geomlab.geometry.curvature import FisherOperator
+    from geomlab.geometry.params import LossKind, model_outputs
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
@@ -173,7 +200,7 @@ def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
             torch.randn(200, 2, dtype=torch.float64, generator=g))  # fmt: skip
     operator = FisherOperator(model, data, loss="mse")
     params = {n: p.detach() for n, p in operator.parameters.items()}
-    from geomlab.geometry.curvature import loss_and_gradient
+    from geomlab.geometry.params import loss_and_gradient
 
     _, gradient = loss_and_gradient(model, data, loss="mse")
     ones = torch.ones(operator.dim, dtype=torch.float64)
@@ -184,11 +211,14 @@ def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
     start = model_outputs(model, params, batches)
     results = {}
     for damping in (0.0, 1e-2):
-        kwargs = {"method": "natgrad", "eta": 1e-2, "solver": "dense", "damping": damping,
-                  "rcond": 1e-14}  # fmt: skip
-        base = reparam.rescaled_model_step(operator, gradient, ones, **kwargs)
-        moved = reparam.rescaled_model_step(operator, gradient, scale, **kwargs)
-        results[damping] = reparam.model_step_discrepancy(
+        kwargs = {
+            "method": "natgrad",
+            "eta": 1e-2,
+            "solve": SolveSpec(solver="dense", damping=damping, rcond=1e-14),
+        }
+        base, _ = reparam.rescaled_step(operator, gradient, ones, **kwargs)
+        moved, _ = reparam.rescaled_step(operator, gradient, scale, **kwargs)
+        results[damping] = reparam.step_discrepancy(
             model, params, moved, base, batches, loss=LossKind.MSE, outputs_start=start
         )
     assert results[0.0].rel_diff < 1e-6  # F invertible: (S F S)^-1 maps back to F^-1
@@ -197,7 +227,7 @@ def test_ng_is_invariant_for_an_invertible_fisher_and_damping_breaks_it():
 
 
 def test_solve_cutoff_counts_what_rcond_dropped_against_the_round_off_floor():
-    from geomlab.geometry.natural_gradient import symmetric_pseudo_inverse
+    from geomlab.geometry.natural_gradient import pseudo_inverse
 
     # Hand-derived: eigenvalues 1, 1e-3, 1e-10, 0 under rcond 1e-8: cutoff 1e-8 keeps two;
     # of the two dropped only 1e-10 is above the floor 4 eps(float64) * 1 = 8.9e-16.
@@ -206,27 +236,34 @@ def test_solve_cutoff_counts_what_rcond_dropped_against_the_round_off_floor():
     w = torch.tensor([1.0, 1e-3, 1e-10, 0.0], dtype=torch.float64)
     matrix = rotation @ torch.diag(w) @ rotation.T
     rhs = rotation @ torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
-    cutoff = reparam.solve_cutoff(symmetric_pseudo_inverse(matrix, rcond=1e-8), rhs)
+    cutoff = reparam.solve_cutoff(pseudo_inverse(matrix, rcond=1e-8), rhs)
     assert cutoff.rank == 2 and cutoff.dropped == 2 and cutoff.dropped_above_floor == 1
     assert cutoff.cutoff == pytest.approx(1e-8, rel=1e-12)
     assert cutoff.round_off_floor == pytest.approx(4 * torch.finfo(torch.float64).eps, rel=1e-12)
     assert cutoff.dropped_share == pytest.approx(0.5, rel=1e-9)
-    kept_all = reparam.solve_cutoff(symmetric_pseudo_inverse(matrix, rcond=1e-12), rhs)
+    kept_all = reparam.solve_cutoff(pseudo_inverse(matrix, rcond=1e-12), rhs)
     assert kept_all.dropped_above_floor == 0 and kept_all.rank == 3
 
 
-def test_rescaled_step_with_cutoff_is_rescaled_step_plus_diagnostics():
+def test_rescaled_step_reports_the_cutoff_of_its_pseudo_inverse():
     g = torch.Generator().manual_seed(3)
     a = torch.randn(6, 6, dtype=torch.float64, generator=g)
     fisher, gradient = a @ a.T, torch.randn(6, dtype=torch.float64, generator=g)
     scale = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
     for method in ("sgd", "natgrad"):
-        delta, fisher_phi = reparam.rescaled_step(gradient, fisher, scale, method=method,
-                                                  eta=1e-2, rcond=1e-8)  # fmt: skip
-        same, same_phi, cutoff = reparam.rescaled_step_with_cutoff(
-            gradient, fisher, scale, method=method, eta=1e-2, rcond=1e-8
+        delta, cutoff = reparam.rescaled_step(
+            fisher, gradient, scale, method=method, eta=1e-2, solve=SolveSpec(rcond=1e-8)
         )
-        assert torch.equal(delta, same) and torch.equal(fisher_phi, same_phi)
+        same, _ = reparam.rescaled_step(
+            fisher,
+            gradient,
+            scale,
+            method=method,
+            eta=1e-2,
+            solve=SolveSpec(rcond=1e-8),
+            fisher_matrix=fisher,
+        )
+        assert torch.equal(delta, same)
         assert cutoff.rank == (6 if method == "natgrad" else -1)
 
 
@@ -237,15 +274,17 @@ def test_model_step_with_cutoff_reports_dense_cutoff_and_cg_progress():
     operator = FisherOperator(model, (inputs, labels), loss="cross_entropy")
     _, gradient, _ = sr.loss_and_gradient(weight, inputs, labels)
     scale = reparam.two_block_scaling(10.0, 4, 6)
-    kwargs = {"method": "natgrad", "eta": 1e-2, "rcond": 1e-8}
-    _, dense = reparam.rescaled_model_step_with_cutoff(operator, gradient, scale, **kwargs)
+    kwargs = {"method": "natgrad", "eta": 1e-2}
+    _, dense = reparam.rescaled_step(operator, gradient, scale, solve=SolveSpec(rcond=1e-8),
+                                     **kwargs)  # fmt: skip
     assert dense.rank == 24 - 6 and dense.dropped == 6 and dense.dropped_above_floor == 0
     seen = []
-    step, cg = reparam.rescaled_model_step_with_cutoff(
-        operator, gradient, scale, solver="cg", progress=lambda *e: seen.append(e), **kwargs
+    cg_spec = SolveSpec(solver="cg", rcond=1e-8, tolerance=1e-10)
+    step, cg = reparam.rescaled_step(
+        operator, gradient, scale, solve=cg_spec, progress=lambda *e: seen.append(e), **kwargs
     )
     assert cg.rank == -1 and math.isnan(cg.cutoff)
     assert [e[1] for e in seen] == list(range(1, len(seen) + 1)) and seen[0][2] == 240
     assert float(seen[-1][3].removeprefix("residual ")) <= 1e-10
-    assert torch.equal(step, reparam.rescaled_model_step(operator, gradient, scale,
-                                                         solver="cg", **kwargs))  # fmt: skip
+    again, _ = reparam.rescaled_step(operator, gradient, scale, solve=cg_spec, **kwargs)
+    assert torch.equal(step, again)

@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from geomlab.experiments.e1_pareto import records
 from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
+from geomlab.geometry import params as gp
 from geomlab.models.mlp import build_mlp
 
 
@@ -16,7 +18,7 @@ def _mlp_classifier():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(30, 4, dtype=torch.float64, generator=g)
     y = torch.randint(0, 3, (30,), generator=g)
-    return model, (x, y), cv.LossKind.CROSS_ENTROPY
+    return model, (x, y), gp.LossKind.CROSS_ENTROPY
 
 
 def _cnn_with_eval_batchnorm():
@@ -33,7 +35,7 @@ def _cnn_with_eval_batchnorm():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(12, 1, 6, 6, dtype=torch.float64, generator=g)
     y = torch.randint(0, 3, (12,), generator=g)
-    return model, (x, y), cv.LossKind.CROSS_ENTROPY
+    return model, (x, y), gp.LossKind.CROSS_ENTROPY
 
 
 def _gelu_regressor():
@@ -42,7 +44,7 @@ def _gelu_regressor():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(25, 4, dtype=torch.float64, generator=g)
     y = torch.randn(25, 2, dtype=torch.float64, generator=g)
-    return model, (x, y), cv.LossKind.MSE
+    return model, (x, y), gp.LossKind.MSE
 
 
 class TinyTransformer(nn.Module):
@@ -110,19 +112,19 @@ def _sequence_data(model, seed, n=14, classes=3):
 def _transformer():
     torch.manual_seed(6)
     model, data = _sequence_data(TinyTransformer(), 7)
-    return model, data, cv.LossKind.CROSS_ENTROPY
+    return model, data, gp.LossKind.CROSS_ENTROPY
 
 
 def _cls_token():
     torch.manual_seed(8)
     model, data = _sequence_data(ClsTokenModel(), 9)
-    return model, data, cv.LossKind.CROSS_ENTROPY
+    return model, data, gp.LossKind.CROSS_ENTROPY
 
 
 def _hf_sdpa():
     torch.manual_seed(10)
     model, data = _sequence_data(SdpaClassifier(), 11)
-    return model, data, cv.LossKind.CROSS_ENTROPY
+    return model, data, gp.LossKind.CROSS_ENTROPY
 
 
 def _layernorm_mlp():
@@ -130,7 +132,7 @@ def _layernorm_mlp():
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.SiLU(), nn.Linear(6, 3)).double()
     g = torch.Generator().manual_seed(13)
     x = torch.randn(20, 4, dtype=torch.float64, generator=g)
-    return model, (x, torch.randint(0, 3, (20,), generator=g)), cv.LossKind.CROSS_ENTROPY
+    return model, (x, torch.randint(0, 3, (20,), generator=g)), gp.LossKind.CROSS_ENTROPY
 
 
 CASES = {"mlp": _mlp_classifier, "cnn_bn": _cnn_with_eval_batchnorm, "gelu": _gelu_regressor,
@@ -147,7 +149,7 @@ def test_operator_matches_dense_reference(case):
     scale = reference.abs().max()
     torch.testing.assert_close(operator.dense(), reference, rtol=0, atol=1e-12 * scale)
     v = torch.randn(operator.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(operator.matvec(v), reference @ v, rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(operator @ v, reference @ v, rtol=0, atol=1e-12 * scale)
 
 
 def test_reference_is_the_expected_outer_product_of_scores_for_a_classifier():
@@ -172,16 +174,23 @@ def test_reference_is_the_expected_outer_product_of_scores_for_a_classifier():
 def test_dense_and_cg_directions_match_the_reference_solve(case, damping):
     model, data, loss = CASES[case]()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     reference = cv.dense_fisher_reference(model, data, loss=loss)
     shifted = reference + damping * torch.eye(len(reference), dtype=torch.float64)
     expected = torch.linalg.pinv(shifted, hermitian=True, rtol=1e-10) @ gradient
-    dense = ng.natural_gradient(operator, gradient, solver="dense", damping=damping, rcond=1e-10)
+    dense = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="dense", damping=damping, rcond=1e-10)
+    )
     rel = (dense.direction - expected).norm() / expected.norm()
     assert rel < 1e-7
     if damping > 0:  # CG on a well-posed system: to its tolerance
-        cg = ng.natural_gradient(operator, gradient, solver="cg", damping=damping, cg_tol=1e-10,
-                                 cg_max_iterations=10 * operator.dim)  # fmt: skip
+        cg = ng.natural_gradient(
+            operator,
+            gradient,
+            solve=ng.SolveSpec(
+                solver="cg", damping=damping, tolerance=1e-10, max_iterations=10 * operator.dim
+            ),
+        )
         assert cg.relative_residual < 1e-8  # true residual; CG stops on its recurrence
         assert (cg.direction - expected).norm() / expected.norm() < 1e-6
         assert 0 < cg.cg_iterations <= 10 * operator.dim
@@ -190,8 +199,8 @@ def test_dense_and_cg_directions_match_the_reference_solve(case, damping):
 def test_dense_diagnostics_null_space_share_and_rank():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
-    result = ng.natural_gradient(operator, gradient, solver="dense", rcond=1e-8)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
+    result = ng.natural_gradient(operator, gradient, solve=ng.SolveSpec(solver="dense", rcond=1e-8))
     # Softmax: shifting every output bias equally changes nothing, so F has a null space ...
     assert result.rank < operator.dim
     # ... and the gradient has no component in it (sum_c (p_c - y_c) = 0).
@@ -203,25 +212,31 @@ def test_dense_diagnostics_null_space_share_and_rank():
 def test_kfac_direction_matches_curvlinops_dense_kfac(eigenvalue_corrected):
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     approximation = operator.kfac(eigenvalue_corrected=eigenvalue_corrected)
     dense_kfac = approximation @ torch.eye(operator.dim, dtype=torch.float64)
     damping = 1e-2
     expected = torch.linalg.solve(dense_kfac + damping * torch.eye(operator.dim).double(),
                                   gradient)  # fmt: skip
     solver = "ekfac" if eigenvalue_corrected else "kfac"
-    result = ng.natural_gradient(operator, gradient, solver=solver, damping=damping,
-                                 kfac_exact_damping=True)  # fmt: skip
+    result = ng.natural_gradient(
+        operator,
+        gradient,
+        solve=ng.SolveSpec(solver=solver, damping=damping, kfac_exact_damping=True),
+    )
     torch.testing.assert_close(result.direction, expected, rtol=1e-8, atol=1e-10)
 
 
 def test_kfac_factored_damping_is_close_to_exact_damping_for_small_damping():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
-    exact = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2,
-                                kfac_exact_damping=True).direction  # fmt: skip
-    factored = ng.natural_gradient(operator, gradient, solver="kfac", damping=1e-2).direction
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
+    exact = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=1e-2, kfac_exact_damping=True)
+    ).direction
+    factored = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=1e-2)
+    ).direction
     cosine = float(exact @ factored / (exact.norm() * factored.norm()))
     assert 0.9 < cosine < 1 - 1e-8  # a different damping, the same approximation
 
@@ -243,9 +258,9 @@ def test_kfac_refuses_parameters_outside_linear_and_conv_layers():
     operator = cv.FisherOperator(model, data, loss=loss)
     with pytest.raises(cv.UnsupportedShapeError, match=r"not 1\.weight, 1\.bias"):
         operator.kfac()
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     with pytest.raises(ValueError, match="needs damping > 0"):
-        ng.natural_gradient(operator, gradient, solver="kfac", damping=0.0)
+        ng.natural_gradient(operator, gradient, solve=ng.SolveSpec(solver="kfac", damping=0.0))
 
 
 def test_wrong_targets_are_named():
@@ -265,9 +280,15 @@ def test_wrong_targets_are_named():
 def test_measured_kl_over_target_tends_to_one_for_every_solver(case, method, solver):
     model, data, loss = CASES[case]()
     epsilons = torch.tensor([1e-3, 1e-5, 1e-7], dtype=torch.float64)
-    pair = ng.model_kl_matched_steps(model, data, epsilons, loss=loss, methods=[method],
-                                     solver=solver, damping=1e-3, kfac_damping=1e-2)  # fmt: skip
-    errors = [abs(row["kl_ratio"] - 1) for row in pair.records()]
+    pair = ng.kl_matched_steps(
+        model,
+        data,
+        epsilons,
+        loss=loss,
+        methods=[method],
+        solve=ng.SolveSpec(solver=solver, damping=1e-3, kfac_damping=1e-2),
+    )
+    errors = [abs(row["kl_ratio"] - 1) for row in records(pair)]
     # O(sqrt(eps)) from the third-order term; a ReLU kink crossed by a step can add noise,
     # so the approach is checked end to end rather than step by step.
     assert errors[2] < errors[0] and errors[2] < 1e-3
@@ -280,11 +301,11 @@ def test_model_steps_of_softmax_regression_equal_the_fast_path():
     x, y = gaussian_clusters(n_samples=300, n_features=6, n_classes=4, seed=0)
     weight = sr.init_weights(4, 6, seed=0)
     eps = torch.tensor([1e-4, 1e-2], dtype=torch.float64)
-    fast = ng.kl_matched_steps(weight, x, y, eps, rcond=1e-8).records()
+    fast = records(ng.softmax_regression_kl_matched_steps(weight, x, y, eps))
     linear = nn.Linear(6, 4, bias=False).double()
     with torch.no_grad():
         linear.weight.copy_(weight)
-    generic = ng.model_kl_matched_steps(linear, (x, y), eps, loss="cross_entropy").records()
+    generic = records(ng.kl_matched_steps(linear, (x, y), eps, loss="cross_entropy"))
     for a, b in zip(fast, generic, strict=True):
         assert a["method"] == b["method"]
         for column in ("loss_before", "loss_after", "eta", "kl_step", "direction_norm"):
@@ -321,7 +342,9 @@ def test_self_check_runs_once_per_model_and_again_for_new_parameters():
 def test_self_check_mismatch_raises_naming_the_model(monkeypatch):
     model, data, loss = _cls_token()
     real = cv.fisher_product_reference
-    monkeypatch.setattr(cv, "fisher_product_reference", lambda *a, **k: 1.5 * real(*a, **k))
+    monkeypatch.setattr(
+        cv.operator, "fisher_product_reference", lambda *a, **k: 1.5 * real(*a, **k)
+    )
     with pytest.raises(cv.FisherSelfCheckError, match="ClsTokenModel.*differs"):
         cv.FisherOperator(model, data, loss=loss)
     cv.FisherOperator(model, data, loss=loss, self_check=False)  # the flag turns it off
@@ -346,7 +369,9 @@ def test_kl_matched_steps_on_attention_models_match_an_independent_recomputation
 
     model, (x, y), loss = CASES[case]()
     eps = torch.tensor([1e-4, 1e-2], dtype=torch.float64)
-    pair = ng.model_kl_matched_steps(model, (x, y), eps, loss=loss, solver="dense", rcond=1e-10)
+    pair = ng.kl_matched_steps(
+        model, (x, y), eps, loss=loss, solve=ng.SolveSpec(solver="dense", rcond=1e-10)
+    )
     # Independent: dense float64 F by jacrev, own pseudo-inverse, step size, forward, KL.
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     with math_attention():
@@ -363,11 +388,11 @@ def test_kl_matched_steps_on_attention_models_match_an_independent_recomputation
         fisher = cv.dense_fisher_reference(model, (x, y), loss=loss)
         v = torch.linalg.pinv(fisher, hermitian=True, rtol=1e-10) @ g
         before = logits(params)
-        rows = [r for r in pair.records() if r["method"] == "natgrad"]
+        rows = [r for r in records(pair) if r["method"] == "natgrad"]
         for row, target in zip(rows, eps.tolist(), strict=True):
             eta = (2 * target / (v @ fisher @ v)).sqrt()
             theta = torch.cat([t.reshape(-1) for t in params.values()]) - eta * v
-            after = logits(cv.unflatten(theta, params))
+            after = logits(gp.unflatten(theta, params))
             kl = ng.categorical_kl(before, after)
             assert row["eta"] == pytest.approx(float(eta), rel=1e-9)
             assert row["kl_step"] == pytest.approx(float(kl), rel=1e-7)
@@ -393,7 +418,7 @@ def test_outputs_that_are_not_tensors_or_logits_are_refused_by_name():
     with pytest.raises(ModelOutputError, match="returned a tuple"):
         cv.FisherOperator(TupleModel(), data, loss="cross_entropy")
     with pytest.raises(ModelOutputError, match="returned a tuple"):
-        ng.model_kl_matched_steps(TupleModel(), data, torch.tensor([1e-3]), loss="cross_entropy")
+        ng.kl_matched_steps(TupleModel(), data, torch.tensor([1e-3]), loss="cross_entropy")
 
 
 def test_nan_outputs_are_named_not_called_non_positive_curvature():
@@ -401,7 +426,7 @@ def test_nan_outputs_are_named_not_called_non_positive_curvature():
     with torch.no_grad():
         next(model.parameters())[0, 0] = float("nan")
     with pytest.raises(cv.NonFiniteOutputError, match=r"outputs of model Sequential are not fin"):
-        ng.model_kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss)
+        ng.kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss)
     with pytest.raises(cv.NonFiniteOutputError, match="not finite"):
         ng.step_size_for_kl(torch.tensor(float("nan")), 1e-3)
 
@@ -413,45 +438,65 @@ def test_kfac_eligibility_is_checked_before_any_work_and_freezing_works(monkeypa
         raise AssertionError("work started before the K-FAC eligibility check")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ng, "FisherOperator", no_work)
-        patch.setattr(ng, "loss_and_gradient", no_work)
+        patch.setattr(ng.steps, "FisherOperator", no_work)
+        patch.setattr(ng.steps, "loss_and_gradient", no_work)
         for methods in (["sgd", "natgrad", "kfac"], ["ekfac"]):
             with pytest.raises(cv.UnsupportedShapeError, match=r"1\.weight, 1\.bias.*"
                                r"requires_grad_\(False\)"):  # fmt: skip
-                ng.model_kl_matched_steps(model, data, torch.tensor([1e-3]), loss=loss,
-                                          methods=methods, solver="cg")  # fmt: skip
+                ng.kl_matched_steps(
+                    model,
+                    data,
+                    torch.tensor([1e-3]),
+                    loss=loss,
+                    methods=methods,
+                    solve=ng.SolveSpec(solver="cg"),
+                )
     for p in model[1].parameters():
         p.requires_grad_(False)
     assert cv.kfac_ineligible_parameters(model) == []
-    pair = ng.model_kl_matched_steps(model, data, torch.tensor([1e-6]), loss=loss,
-                                     methods=["kfac", "natgrad"], solver="cg", damping=1e-3,
-                                     kfac_damping=1e-2)  # fmt: skip
+    pair = ng.kl_matched_steps(
+        model,
+        data,
+        torch.tensor([1e-6]),
+        loss=loss,
+        methods=["kfac", "natgrad"],
+        solve=ng.SolveSpec(solver="cg", damping=1e-3, kfac_damping=1e-2),
+    )
     assert pair.gradient.numel() == 4 * 6 + 6 + 6 * 3 + 3  # LayerNorm's 12 left out
-    for row in pair.records():
+    for row in records(pair):
         assert abs(row["kl_ratio"] - 1) < 1e-2
     # The frozen model's K-FAC direction is curvlinops' K-FAC of the remaining layers.
     operator = cv.FisherOperator(model, data, loss=loss)
     dense_kfac = operator.kfac() @ torch.eye(operator.dim, dtype=torch.float64)
     expected = torch.linalg.solve(dense_kfac + 1e-2 * torch.eye(operator.dim).double(),
                                   pair.gradient)  # fmt: skip
-    result = ng.natural_gradient(operator, pair.gradient, solver="kfac", damping=1e-2,
-                                 kfac_exact_damping=True)  # fmt: skip
+    result = ng.natural_gradient(
+        operator,
+        pair.gradient,
+        solve=ng.SolveSpec(solver="kfac", damping=1e-2, kfac_exact_damping=True),
+    )
     torch.testing.assert_close(result.direction, expected, rtol=1e-8, atol=1e-10)
 
 
 def test_progress_reports_cg_iterations_with_residuals_and_dense_columns():
     model, data, loss = _transformer()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     seen = []
-    cg = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
-                             progress=lambda *event: seen.append(event))  # fmt: skip
+    cg = ng.natural_gradient(
+        operator,
+        gradient,
+        progress=lambda *event: seen.append(event),
+        solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-8),
+    )
     assert [e[1] for e in seen] == list(range(1, cg.cg_iterations + 1))
     assert {e[0] for e in seen} == {"CG"} and {e[2] for e in seen} == {10 * operator.dim}
     residuals = [float(e[3].removeprefix("residual ")) for e in seen]
     assert residuals[-1] <= 1e-8 < residuals[0]
     seen.clear()
-    ng.natural_gradient(operator, gradient, solver="dense", progress=lambda *e: seen.append(e))
+    ng.natural_gradient(
+        operator, gradient, progress=lambda *e: seen.append(e), solve=ng.SolveSpec(solver="dense")
+    )
     assert seen[-1] == ("Fisher columns", operator.dim, operator.dim, "")
     assert [e[1] for e in seen] == [min(256 * k, operator.dim) for k in range(1, len(seen) + 1)]
 
@@ -459,15 +504,20 @@ def test_progress_reports_cg_iterations_with_residuals_and_dense_columns():
 def test_an_unconverged_cg_solve_says_so():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
-    capped = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8,
-                                 cg_max_iterations=2)  # fmt: skip
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
+    capped = ng.natural_gradient(
+        operator,
+        gradient,
+        solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-8, max_iterations=2),
+    )
     assert capped.cg_iterations == 2 and not capped.converged and capped.tolerance == 1e-8
     assert capped.relative_residual > 1e-3
     assert capped.label() == f"CG, 2 iterations, residual {capped.relative_residual:.2g}"
-    full = ng.natural_gradient(operator, gradient, solver="cg", damping=1e-3, cg_tol=1e-8)
+    full = ng.natural_gradient(
+        operator, gradient, solve=ng.SolveSpec(solver="cg", damping=1e-3, tolerance=1e-8)
+    )
     assert full.converged and full.relative_residual <= ng.CG_RESIDUAL_SLACK * 1e-8
-    dense = ng.natural_gradient(operator, gradient, solver="dense")
+    dense = ng.natural_gradient(operator, gradient, solve=ng.SolveSpec(solver="dense"))
     assert dense.converged and dense.label() == "dense"
 
 
@@ -486,10 +536,14 @@ def test_kfac_eligibility_leaves_out_attention_projections_it_cannot_hook():
 def test_progress_brackets_the_kfac_factors():
     model, data, loss = _mlp_classifier()
     operator = cv.FisherOperator(model, data, loss=loss)
-    _, gradient = cv.loss_and_gradient(model, data, loss=loss)
+    _, gradient = gp.loss_and_gradient(model, data, loss=loss)
     seen = []
-    ng.natural_gradient(operator, gradient, solver="ekfac", damping=1e-2,
-                        progress=lambda *e: seen.append(e[:3]))  # fmt: skip
+    ng.natural_gradient(
+        operator,
+        gradient,
+        progress=lambda *e: seen.append(e[:3]),
+        solve=ng.SolveSpec(solver="ekfac", damping=1e-2),
+    )
     assert seen == [("ekfac factors", 0, 1), ("ekfac factors", 1, 1)]
 
 
@@ -509,3 +563,27 @@ def test_a_self_check_that_cannot_run_says_so_and_names_the_flag():
         cv.FisherOperator(Float32Only(), data, loss="cross_entropy")
     operator = cv.FisherOperator(Float32Only(), data, loss="cross_entropy", self_check=False)
     assert operator.dim == 15
+
+
+def test_operator_interface_and_dense_from_the_jacobian_equal_products():
+    model, data, loss = _cnn_with_eval_batchnorm()
+    operator = cv.FisherOperator(model, data, loss=loss, batch_size=5)
+    assert operator.shape == (operator.dim, operator.dim) and operator.dtype == torch.float64
+    eye = torch.eye(operator.dim, dtype=torch.float64)
+    by_products = operator @ eye
+    scale = float(by_products.abs().max())
+    torch.testing.assert_close(operator.dense(), (by_products + by_products.T) / 2, rtol=0,
+                               atol=1e-12 * scale)  # fmt: skip
+
+
+def test_softmax_regression_backend_is_the_same_operator():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, dtype=torch.float64, generator=g)
+    probs = torch.softmax(torch.randn(40, 3, dtype=torch.float64, generator=g), dim=1)
+    operator = cv.SoftmaxRegressionFisher(probs, x)
+    dense = cv.softmax_regression_fisher(probs, x)
+    assert operator.shape == dense.shape and operator.dtype == torch.float64
+    v = torch.randn(15, 2, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(operator @ v, dense @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(operator @ v[:, 0], dense @ v[:, 0], rtol=1e-12, atol=1e-14)
+    assert torch.equal(operator.dense(), dense)
