@@ -21,6 +21,7 @@ from geomlab.geometry.curvature.reference import (
     jacobian_fisher,
     output_hessian_loss,
 )
+from geomlab.geometry.derivatives.batch_statistics import isolated_buffers
 from geomlab.geometry.gates import fast_vs_reference
 from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
 from geomlab.geometry.params import Batch, LossKind, as_batches, trainable_parameters
@@ -137,22 +138,31 @@ class FisherOperator:
         self.model = model
         self.loss = LossKind(loss)
         self.batches = as_batches(data, batch_size=batch_size)
-        with torch.no_grad(), math_attention():
-            first = as_logits(model(self.batches[0][0][:2]))
-        check_targets(first, self.batches[0][1][:2], self.loss)
         self.parameters = trainable_parameters(model)
+        # One probe on two samples (buffers such as running statistics left untouched): the
+        # outputs' shape against the targets, and which parameters the outputs depend on.
+        with torch.enable_grad(), math_attention(), isolated_buffers(model):
+            first = as_logits(model(self.batches[0][0][:2]))
+            grads = torch.autograd.grad(
+                first.sum(), list(self.parameters.values()), allow_unused=True
+            )
+        check_targets(first.detach(), self.batches[0][1][:2], self.loss)
+        used = {name: g is not None for name, g in zip(self.parameters, grads, strict=True)}
         self.num_data = sum(int(x.shape[0]) for x, _ in self.batches)
         self.dim = sum(p.numel() for p in self.parameters.values())
         self.scale = ggn_scale(self.loss, self.num_data)
         if self_check:
             fisher_self_check(model, self.batches, loss=self.loss)
         self._network = model if isinstance(model, TensorOutput) else TensorOutput(model)
+        # Parameters the outputs do not depend on have zero rows and columns; curvlinops'
+        # vmapped products crash on them, so it sees only the others (see __matmul__).
+        self._used_rows = None if all(used.values()) else _rows_of(self.parameters, used)
         from curvlinops import GGNLinearOperator  # imported on use: E1/E3 paper never need it
 
         ggn = GGNLinearOperator(
             self._network,
             output_hessian_loss(self.loss),
-            list(self.parameters.values()),
+            [p for name, p in self.parameters.items() if used[name]],
             self.batches,
             check_deterministic=False,
             num_data=self.num_data,
@@ -177,7 +187,11 @@ class FisherOperator:
         if vector.shape[0] != self.dim:
             raise ValueError(f"vector has {vector.shape[0]} rows, the Fisher is {self.dim}")
         with math_attention():
-            return self._operator @ vector
+            if self._used_rows is None:
+                return self._operator @ vector
+            product = torch.zeros_like(vector)
+            product[self._used_rows] = self._operator @ vector[self._used_rows]
+            return product
 
     def dense(self, *, progress: ProgressCallback | None = None) -> torch.Tensor:
         """The dense ``(P, P)`` matrix (small P only) from one ``torch.func`` Jacobian per batch
@@ -212,6 +226,16 @@ class FisherOperator:
                 separate_weight_and_bias=False,  # one factor per layer: [W b] on inputs [a; 1]
                 num_data=self.num_data,
             )
+
+
+def _rows_of(parameters: Mapping[str, torch.Tensor], used: Mapping[str, bool]) -> torch.Tensor:
+    """Flat indices (in :func:`trainable_parameters` order) of the ``used`` parameters."""
+    rows, start = [], 0
+    for name, p in parameters.items():
+        if used[name]:
+            rows.append(torch.arange(start, start + p.numel()))
+        start += p.numel()
+    return torch.cat(rows).to(_device(parameters))
 
 
 def _device(tensors: Mapping[str, torch.Tensor]) -> torch.device:
