@@ -12,22 +12,15 @@ Every step asserts what it shows, so the tests run this file.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from _e1_cli import main, run_e1
 from torch import nn
 
 from geomlab.experiments.e1_pareto import records
 from geomlab.geometry import curvature, natural_gradient, reparam
 from geomlab.geometry import params as gp
-
-HERE = Path(__file__).resolve().parent
 
 
 def build_model() -> nn.Module:
@@ -97,36 +90,11 @@ def python_api() -> None:
 
 
 def command_line(out: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable, "-m", "geomlab.cli", "run", "e1", "--preset", "quick",
-        "--set", "model=own_model:build_model", "--set", "data=own_model:load_data",
-        "--set", "n_samples=400", "--set", "n_seeds=2", "--set", "epsilon_values=[1e-5,1e-3]",
-        "--set", 'methods=["sgd","natgrad","kfac"]', "--set", "solver=cg",
-        "--set", "damping=1e-4", "--out", str(out), "--device", "cpu",
-    ]  # fmt: skip
-    print("+", " ".join(command))
-    subprocess.run(command, check=True, env=env)
-    summary = json.loads((out / "E1_summary.json").read_text())
-    print("advantage over SGD (%):", summary["advantage_pct_by_method"])
-    assert summary["model"] == "own_model:build_model"
-    assert (out / "E1_figure.png").exists()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="run directory of the CLI part")
-    args = parser.parse_args()
-    python_api()
-    if args.out is not None:
-        command_line(args.out)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            command_line(Path(tmp) / "e1-own-model")
+    run_e1("own_model", out, [
+        "n_samples=400", "n_seeds=2", "epsilon_values=[1e-5,1e-3]",
+        'methods=["sgd","natgrad","kfac"]', "solver=cg", "damping=1e-4",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__.splitlines()[0], python_api, command_line, "e1-own-model")
