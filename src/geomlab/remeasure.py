@@ -20,11 +20,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from geomlab import rundir
 from geomlab.experiments.base import Experiment, ExperimentConfig, RunContext, RunResult
 from geomlab.experiments.lambda_control.experiment import (
-    BUILTIN_MODELS,
     EXPERIMENT,
     FIT_COLUMNS,
     Config,
-    build_model,
     checkpoint_name,
     fit_rows,
     load_data,
@@ -33,6 +31,7 @@ from geomlab.experiments.lambda_control.experiment import (
 from geomlab.experiments.lambda_control.types import Condition, Pair, pairs_from_cli
 from geomlab.geometry.gates import finite_columns_gate
 from geomlab.models.loading import is_import_path
+from geomlab.models.registry import MNIST_CLASSIFIERS, check_spec
 from geomlab.runner import RunInputError, config_hash, run_experiment
 from geomlab.training import load_checkpoint
 
@@ -109,12 +108,8 @@ class MeasureConfig(ExperimentConfig):
     @field_validator("model")
     @classmethod
     def _model_spec(cls, value: str | None) -> str | None:
-        if value is not None and value not in BUILTIN_MODELS and not is_import_path(value):
-            raise ValueError(
-                f"model must be {' or '.join(BUILTIN_MODELS)} or package.module:function, "
-                f"got {value!r}"
-            )
-        return value
+        # named here by whoever measures, so trusted: checked (and imported) as the run's is
+        return None if value is None else check_spec(value, MNIST_CLASSIFIERS)
 
     @model_validator(mode="after")
     def _merged_config_is_valid(self) -> MeasureConfig:
@@ -210,7 +205,7 @@ def run_measurement(config: MeasureConfig, ctx: RunContext) -> RunResult:
             ctx.log.warning("skipping %s seed %d: no checkpoint %s", condition, seed, path)
             missing.append(str(path.relative_to(source)))
             continue
-        model = build_model(run_config, seed=seed, device=ctx.device)
+        model = run_config.build_model(seed, data)
         model = _load_model(model, path, ctx.device)
         measurements = measure_pairs(model, data, run_config, seed=seed, device=ctx.device)
         rows += [

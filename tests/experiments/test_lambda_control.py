@@ -309,13 +309,13 @@ def test_gelu_variant_runs_with_the_pairwise_boundary(tiny_run, tmp_path):
     )
     assert outcome.manifest["config"]["model"] == "mnist-cnn-gelu"
     assert outcome.manifest["config"]["boundary"] == "pairwise"
-    gelu = lc.experiment.build_model(config, seed=0, device="cpu")
-    assert gelu.activation == "gelu"
     data = lc.load_data(config, "cpu")
+    gelu = config.build_model(0, data)
+    assert gelu.activation == "gelu"
     expected_method = deriv.resolve_path(gelu.train(), data.train_images[:1], "auto").method
     assert (models["derivative_method"] == expected_method).all()  # nested, or Taylor mode
     # λ's boundary points are the pairwise rule's, on the trained model
-    model = lc.experiment.build_model(config, seed=0, device="cpu")
+    model = config.build_model(0, data)
     model.load_state_dict(torch.load(tmp_path / "gelu/checkpoints/global_seed0.pt"))
     probs = predict_probabilities(model, data.test_images)
     found = boundary_point_indices(
@@ -338,7 +338,7 @@ def test_a_users_classifier_runs_and_is_remeasured(tiny_run, tmp_path):
     # seeded as the notebooks seed their models: manual_seed(seed), then the factory
     torch.manual_seed(0)
     reference = small_relu_classifier()
-    built = lc.experiment.build_model(config, seed=0, device="cpu")
+    built = config.build_model(0, lc.load_data(config, "cpu"))
     for a, b in zip(reference.parameters(), built.parameters(), strict=True):
         assert torch.equal(a, b)
     table = measure_lambda_from_run(

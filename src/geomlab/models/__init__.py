@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["BUILTIN_MODELS", "build_model", "check_spec"]
+__all__ = ["BUILTIN_MODELS", "KNOWN_MODELS", "MNIST_CLASSIFIERS", "build_model", "check_spec"]
 
 
 def __getattr__(name: str) -> Any:

@@ -38,9 +38,7 @@ from geomlab.geometry.derivatives import Method, Path
 from geomlab.geometry.gates import GateResult, allclose_gate, finite_gate
 from geomlab.geometry.lambda_fit import Boundary, measure_lambda, predict_probabilities
 from geomlab.geometry.penalty import class_selective_loss
-from geomlab.models.loading import build_user_model, is_import_path, resolve_import_path
-from geomlab.models.mnist_cnn import build_mnist_cnn
-from geomlab.models.modes import eval_mode
+from geomlab.models.registry import MNIST_CLASSIFIERS, build_model, check_spec
 from geomlab.training import (
     evaluate_classifier,
     load_checkpoint,
@@ -52,7 +50,6 @@ NOTEBOOK_CONDITIONS = [Condition.parse(c) for c in ("baseline", "global", "selec
                                                     "selective:3,8")]  # fmt: skip
 NOTEBOOK_PAIRS = [ClassPair(4, 9), ClassPair(3, 8), ClassPair(5, 6)]
 SEED_LIMIT = 2**32  # seeds are combined into generator seeds, which must stay below 2**64
-BUILTIN_MODELS = {"mnist-cnn": "relu", "mnist-cnn-gelu": "gelu"}  # name -> activation
 FIT_COLUMNS = [
     "condition", "seed", "pair", "order", "mean_log_abs_d", "slope", "intercept", "num_points",
     "method",
@@ -136,15 +133,7 @@ class Config(ExperimentConfig):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value in BUILTIN_MODELS:
-            return value
-        if not is_import_path(value):
-            raise ValueError(
-                f"model must be {' or '.join(BUILTIN_MODELS)} or package.module:function,"
-                f" got {value!r}"
-            )
-        resolve_import_path(value)  # the module imports and names a callable (else an error)
-        return value
+        return check_spec(value, MNIST_CLASSIFIERS)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -166,6 +155,16 @@ class Config(ExperimentConfig):
                 f"min_points ({self.min_points}) must be <= max_points ({self.max_points})"
             )
         return self
+
+    def build_model(self, seed: int, data: MNISTTensors) -> torch.nn.Module:
+        """The configured classifier for one seed, float32 (the images' dtype) on the images'
+        device, by :func:`geomlab.models.registry.build_model`: a built-in CNN with
+        ``dropout``, or the user's factory called after ``torch.manual_seed(seed)``, which must
+        map ``[1, 1, 28, 28]`` images to ``[1, 10]`` logits."""
+        return build_model(
+            self.model, seed=seed, inputs=data.train_images, n_outputs=NUM_CLASSES,
+            dtype=torch.float32, dropout=self.dropout, check_outputs=True,
+        )  # fmt: skip
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -196,27 +195,11 @@ def load_data(config: Config, device) -> MNISTTensors:
     )
 
 
-def build_model(config: Config, *, seed: int, device) -> torch.nn.Module:
-    """The configured classifier, seeded: a built-in CNN, or the user's factory called after
-    ``torch.manual_seed(seed)`` and cast to float32 (the images' dtype) on ``device``."""
-    if config.model in BUILTIN_MODELS:
-        activation = BUILTIN_MODELS[config.model]
-        return build_mnist_cnn(seed=seed, dropout=config.dropout, device=device,
-                               activation=activation)  # fmt: skip
-    model = build_user_model(config.model, seed=seed, dtype=torch.float32, device=device)
-    with torch.no_grad(), eval_mode(model):
-        shape = tuple(model(torch.zeros(1, 1, 28, 28, device=device)).shape)
-    if shape != (1, NUM_CLASSES):
-        raise ValueError(f"model {config.model!r} maps [1, 1, 28, 28] images to {list(shape)},"
-                         f" not [1, {NUM_CLASSES}] logits")  # fmt: skip
-    return model
-
-
 def train_model(
     config: Config, condition: Condition, seed: int, data: MNISTTensors, device, log
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one (condition, seed) model; returns it and a JSON-able record."""
-    model = build_model(config, seed=seed, device=device)
+    model = config.build_model(seed, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
     # resolved and self-checked (train mode, the penalty's orders) before the first step
@@ -282,7 +265,7 @@ def trained_model(config: Config, condition: Condition, seed: int, data, ctx: Ru
         record = train()
     if "model" in trained:
         return trained["model"].eval(), record, checkpoint
-    model = build_model(config, seed=seed, device=ctx.device)
+    model = config.build_model(seed, data)
     return load_checkpoint(model, checkpoint, device=ctx.device), record, checkpoint
 
 
@@ -358,7 +341,7 @@ def initial_gate(config: Config, data: MNISTTensors, ctx: RunContext) -> GateRes
     training: a fast path that is wrong for this model fails the run now, not after all the
     training has run with a wrong penalty. Raises ``ValueError`` when it fails."""
     seed = config.seeds[0]
-    model = build_model(config, seed=seed, device=ctx.device)
+    model = config.build_model(seed, data)
     gate = fast_path_gate(model, data, config, scope=f"initial model seed {seed}",
                           name=INITIAL_GATE)  # fmt: skip
     if not gate.passed:
