@@ -33,7 +33,7 @@ from geomlab.geometry.lambda_fit import (
 from geomlab.geometry.outputs import ModelOutputError
 from geomlab.geometry.penalty import class_selective_loss, derivative_penalty
 from geomlab.testing.cases import directional_case
-from geomlab.testing.compare import relative_error
+from geomlab.testing.compare import assert_relative_close, relative_error
 
 MAX_ORDER = 4
 REL_TOL = 1e-10  # max |fast - reference| / max |reference| (norm="max")
@@ -99,8 +99,7 @@ def test_fast_matches_nested_in_eval_mode(kind):
         model, inputs, labels, directions, max_order=MAX_ORDER
     )
     assert reference.shape == fast.shape == (MAX_ORDER, 3, 5)
-    for n in range(MAX_ORDER):
-        assert relative_error(fast[n], reference[n], norm="max") <= REL_TOL, f"order {n + 1}"
+    assert_relative_close(fast, reference, rtol=REL_TOL, norm="max", per="order", first=1)
     assert torch.allclose(logits, model(inputs), rtol=0, atol=1e-12)
 
 
@@ -116,10 +115,8 @@ def test_fast_matches_nested_in_train_mode_with_the_same_dropout_mask(kind):
         reference = nested_directional_derivatives(
             model, inputs, labels, directions[k : k + 1], max_order=MAX_ORDER
         )
-        for n in range(MAX_ORDER):
-            assert relative_error(fast[n, k], reference[n, 0], norm="max") <= REL_TOL, (
-                f"k={k} n={n + 1}"
-            )
+        assert_relative_close(fast[:, k], reference[:, 0], rtol=REL_TOL, norm="max",
+                              what=f"direction {k}", per="order", first=1)  # fmt: skip
     # dropout really acted: eval-mode derivatives differ
     model.eval()
     eval_values, _ = fast_directional_derivatives(
