@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -31,9 +32,11 @@ from geomlab.geometry.lambda_fit import (
 )
 from geomlab.geometry.outputs import ModelOutputError
 from geomlab.geometry.penalty import class_selective_loss, derivative_penalty
+from geomlab.testing.cases import directional_case
+from geomlab.testing.compare import assert_relative_close, relative_error
 
 MAX_ORDER = 4
-REL_TOL = 1e-10
+REL_TOL = 1e-10  # max |fast - reference| / max |reference| (norm="max")
 
 
 class TinyFunctionalCNN(nn.Module):
@@ -77,34 +80,17 @@ class SquaringNet(nn.Module):
         return self.linear(h * h)
 
 
-def make_case(kind: str, seed: int = 0, batch: int = 5, num_directions: int = 3):
-    torch.manual_seed(seed)
-    if kind == "cnn":
-        model = TinyFunctionalCNN().double()
-        inputs = torch.randn(batch, 1, 10, 10, dtype=torch.float64)
-        num_classes = 5
-    else:
-        model = tiny_mlp().double()
-        inputs = torch.randn(batch, 1, 10, dtype=torch.float64)
-        num_classes = 4
-    # scale logits up so derivatives of every order are well away from zero
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(2.0)
-    labels = torch.randint(0, num_classes, (batch,))
-    generator = torch.Generator().manual_seed(seed + 100)
-    directions = sample_unit_directions(num_directions, inputs, generator=generator)
-    return model, inputs, labels, directions
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+# the file's two models as shared directional cases, weights doubled so that derivatives of
+# every order are well away from zero
+CASE_OF_KIND = {
+    "cnn": partial(directional_case, TinyFunctionalCNN, (1, 10, 10), weight_scale=2.0),
+    "mlp": partial(directional_case, tiny_mlp, (1, 10), weight_scale=2.0),
+}
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
 def test_fast_matches_nested_in_eval_mode(kind):
-    model, inputs, labels, directions = make_case(kind)
+    model, inputs, labels, directions = CASE_OF_KIND[kind]()
     model.eval()
     reference = nested_directional_derivatives(
         model, inputs, labels, directions, max_order=MAX_ORDER
@@ -113,14 +99,13 @@ def test_fast_matches_nested_in_eval_mode(kind):
         model, inputs, labels, directions, max_order=MAX_ORDER
     )
     assert reference.shape == fast.shape == (MAX_ORDER, 3, 5)
-    for n in range(MAX_ORDER):
-        assert relative_error(fast[n], reference[n]) <= REL_TOL, f"order {n + 1}"
+    assert_relative_close(fast, reference, rtol=REL_TOL, norm="max", per="order", first=1)
     assert torch.allclose(logits, model(inputs), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
 def test_fast_matches_nested_in_train_mode_with_the_same_dropout_mask(kind):
-    model, inputs, labels, directions = make_case(kind, seed=1)
+    model, inputs, labels, directions = CASE_OF_KIND[kind](seed=1)
     model.train()
     torch.manual_seed(7)
     fast, _ = fast_directional_derivatives(model, inputs, labels, directions, max_order=MAX_ORDER)
@@ -130,20 +115,20 @@ def test_fast_matches_nested_in_train_mode_with_the_same_dropout_mask(kind):
         reference = nested_directional_derivatives(
             model, inputs, labels, directions[k : k + 1], max_order=MAX_ORDER
         )
-        for n in range(MAX_ORDER):
-            assert relative_error(fast[n, k], reference[n, 0]) <= REL_TOL, f"k={k} n={n + 1}"
+        assert_relative_close(fast[:, k], reference[:, 0], rtol=REL_TOL, norm="max",
+                              what=f"direction {k}", per="order", first=1)  # fmt: skip
     # dropout really acted: eval-mode derivatives differ
     model.eval()
     eval_values, _ = fast_directional_derivatives(
         model, inputs, labels, directions, max_order=MAX_ORDER
     )
-    assert relative_error(eval_values, fast) > 1e-3
+    assert relative_error(eval_values, fast, norm="max") > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
 @pytest.mark.parametrize("train", [False, True])
 def test_penalty_parameter_gradients_match(kind, train):
-    model, inputs, labels, directions = make_case(kind, seed=2, num_directions=1)
+    model, inputs, labels, directions = CASE_OF_KIND[kind](seed=2, directions=1)
     model.train(train)
     params = list(model.parameters())
 
@@ -158,7 +143,7 @@ def test_penalty_parameter_gradients_match(kind, train):
     reference_grads = torch.autograd.grad(derivative_penalty(reference), params)
 
     for fast_grad, reference_grad in zip(fast_grads, reference_grads, strict=True):
-        assert relative_error(fast_grad, reference_grad) <= REL_TOL
+        assert relative_error(fast_grad, reference_grad, norm="max") <= REL_TOL
 
 
 def test_cumulants_hand_derived_two_classes():
@@ -185,11 +170,11 @@ def test_cumulants_match_autograd_in_t_up_to_order_six():
     for n in range(6):
         (value,) = torch.autograd.grad(value.sum(), t, create_graph=True)
         value = value.squeeze(-1)
-        assert relative_error(fast[n], value) <= 1e-11, f"order {n + 1}"
+        assert relative_error(fast[n], value, norm="max") <= 1e-11, f"order {n + 1}"
 
 
 def test_eligibility_detects_functional_relu_cnn_and_rejects_tanh():
-    cnn, inputs, _, _ = make_case("cnn")
+    cnn, inputs, _, _ = CASE_OF_KIND["cnn"]()
     for train in (True, False):
         cnn.train(train)
         assert check_piecewise_linear(cnn, inputs).eligible
@@ -203,7 +188,7 @@ def test_eligibility_detects_functional_relu_cnn_and_rejects_tanh():
 
 
 def test_eligibility_check_leaves_the_random_stream_alone():
-    model, inputs, _, _ = make_case("cnn")
+    model, inputs, _, _ = CASE_OF_KIND["cnn"]()
     model.train()
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -222,12 +207,12 @@ def test_tanh_uses_taylor_mode_and_the_cumulant_formula_would_be_wrong():
     result = directional_derivatives(model, inputs, labels, directions, max_order=3)
     assert (result.method, result.path) == ("fast", "taylor")
     reference = nested_directional_derivatives(model, inputs, labels, directions, max_order=3)
-    assert relative_error(result.values, reference) <= REL_TOL
+    assert relative_error(result.values, reference, norm="max") <= REL_TOL
     # the cumulant formula really would be wrong here (tanh has curvature)
     wrong, _ = fast_directional_derivatives(
         model, inputs, labels, directions, max_order=3, path="linear"
     )
-    assert relative_error(wrong[1:], reference[1:]) > 1e-3
+    assert relative_error(wrong[1:], reference[1:], norm="max") > 1e-3
 
 
 def test_auto_falls_back_to_nested_only_for_an_op_without_a_rule_and_fast_refuses():
@@ -259,14 +244,14 @@ def test_auto_falls_back_to_nested_only_for_an_op_without_a_rule_and_fast_refuse
 
 
 def test_auto_uses_fast_for_relu_cnn_and_agrees():
-    model, inputs, labels, directions = make_case("cnn", seed=4)
+    model, inputs, labels, directions = CASE_OF_KIND["cnn"](seed=4)
     model.eval()
     result = directional_derivatives(model, inputs, labels, directions, max_order=MAX_ORDER)
     assert result.method == "fast"
     reference = directional_derivatives(
         model, inputs, labels, directions, max_order=MAX_ORDER, method="nested"
     )
-    assert relative_error(result.values, reference.values) <= REL_TOL
+    assert relative_error(result.values, reference.values, norm="max") <= REL_TOL
 
 
 def test_unit_directions_are_unit_and_seeded():
@@ -280,7 +265,7 @@ def test_unit_directions_are_unit_and_seeded():
 
 
 def test_shape_errors_are_explicit():
-    model, inputs, labels, directions = make_case("mlp")
+    model, inputs, labels, directions = CASE_OF_KIND["mlp"]()
     with pytest.raises(ValueError, match="directions must have shape"):
         nested_directional_derivatives(model, inputs, labels, directions[0], max_order=2)
     with pytest.raises(ValueError, match="max_order"):
@@ -354,11 +339,11 @@ def test_mse_loss_for_float_targets_hand_derived_and_equal_on_every_method():
     nested = directional_derivatives(smooth, inputs, targets, directions, max_order=4,
                                      method="nested", loss="mse")  # fmt: skip
     assert fast.path == "taylor"
-    assert relative_error(fast.values, nested.values) <= REL_TOL
+    assert relative_error(fast.values, nested.values, norm="max") <= REL_TOL
 
 
 def test_loss_errors_are_explicit():
-    model, inputs, labels, directions = make_case("mlp")
+    model, inputs, labels, directions = CASE_OF_KIND["mlp"]()
     model.eval()
     floats = torch.randn(5, 4, dtype=torch.float64)
     for method in ("nested", "fast", "auto"):
@@ -412,7 +397,7 @@ def test_model_output_with_logits_is_accepted_and_others_refused(activation):
     for method in ("nested", "fast", "auto"):
         result = directional_derivatives(wrapped, inputs, labels, directions, max_order=3,
                                          method=method)  # fmt: skip
-        assert relative_error(result.values, reference) <= REL_TOL, method
+        assert relative_error(result.values, reference, norm="max") <= REL_TOL, method
     assert result.path == ("linear" if activation is nn.ReLU else "taylor")
     penalized = class_selective_loss(
         wrapped.train(),
@@ -521,9 +506,9 @@ def test_attention_models_nested_is_right_and_fast_agrees_or_refuses(architectur
                                      method="nested").values  # fmt: skip
     for k, direction in enumerate(directions):
         exact = independent_derivatives(model, inputs, labels, direction, 3)
-        assert relative_error(nested[:, k], exact) <= 1e-12
+        assert relative_error(nested[:, k], exact, norm="max") <= 1e-12
         rough = finite_difference_derivatives(model, inputs, labels, direction)
-        assert relative_error(nested[:2, k], rough) <= 1e-5
+        assert relative_error(nested[:2, k], rough, norm="max") <= 1e-5
     # fast: exact (rules and self-check pass) or a refusal naming an op / the failed check
     try:
         fast = directional_derivatives(model, inputs, labels, directions, max_order=3,
@@ -533,12 +518,12 @@ def test_attention_models_nested_is_right_and_fast_agrees_or_refuses(architectur
     except ValueError as error:
         assert "no Taylor-mode rule for" in str(error)
     else:
-        assert relative_error(fast.values, nested) <= REL_TOL
+        assert relative_error(fast.values, nested, norm="max") <= REL_TOL
     # auto never crashes and is exact, whichever path it takes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         auto = directional_derivatives(model, inputs, labels, directions, max_order=3)
-    assert relative_error(auto.values, nested) <= REL_TOL
+    assert relative_error(auto.values, nested, norm="max") <= REL_TOL
     assert torch.backends.mha.get_fastpath_enabled() == fastpath_before
 
 
@@ -553,7 +538,7 @@ def test_transformer_encoder_in_float32_eval_mode_runs_nested_and_auto():
     auto = directional_derivatives(model, inputs, labels, directions, max_order=3)
     reference = nested_directional_derivatives(model.double(), inputs.double(), labels,
                                                directions.double(), max_order=3)  # fmt: skip
-    assert relative_error(auto.values.double(), reference) <= 1e-4
+    assert relative_error(auto.values.double(), reference, norm="max") <= 1e-4
 
 
 def test_self_check_catches_a_wrong_path_and_names_model_and_order():
@@ -593,7 +578,7 @@ def test_self_check_runs_once_per_model_and_structure(monkeypatch):
 
     monkeypatch.setattr(self_check, "self_check_errors", counting_check)
     monkeypatch.setattr(dispatch, "choose_fast_path", counting_choose)
-    model, inputs, labels, directions = make_case("cnn", seed=3)
+    model, inputs, labels, directions = CASE_OF_KIND["cnn"](seed=3)
     model.eval()
 
     def call(**kwargs):
@@ -699,4 +684,4 @@ def test_a_model_that_cannot_be_copied_is_refused_by_fast_and_nested_under_auto(
     unchecked = directional_derivatives(model, inputs, labels, directions, method="fast",
                                         self_check=False, **call)  # fmt: skip
     assert unchecked.path == "taylor"
-    assert relative_error(unchecked.values, reference) <= REL_TOL
+    assert relative_error(unchecked.values, reference, norm="max") <= REL_TOL

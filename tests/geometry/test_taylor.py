@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -20,34 +21,20 @@ from geomlab.geometry.derivatives.taylor import UnsupportedOperation
 from geomlab.geometry.lambda_fit import measure_lambda
 from geomlab.geometry.outputs import ModelOutputError
 from geomlab.geometry.penalty import class_selective_loss, derivative_penalty
+from geomlab.testing.cases import directional_case
+from geomlab.testing.compare import assert_relative_close
 
 MAX_ORDER = 5
 REL_TOL = 1e-9
 
 
-def relative_errors(fast: torch.Tensor, reference: torch.Tensor) -> list[float]:
-    """Per order: max |fast − reference| relative to the order's largest |reference|."""
-    fast, reference = fast.detach(), reference.detach()
-    scale = reference.abs().flatten(1).amax(dim=1).clamp_min(1e-300)
-    return ((fast - reference).abs().flatten(1).amax(dim=1) / scale).tolist()
-
-
-def assert_close(fast, reference, tol=REL_TOL):
-    errors = relative_errors(fast, reference)
-    assert max(errors) <= tol, errors
+# per order: max |fast − reference| relative to the order's largest |reference|
+assert_close = partial(assert_relative_close, rtol=REL_TOL, norm="max", per="order", first=1)
 
 
 def flat(tensors) -> torch.Tensor:
     """All parameter gradients as one row (compared relative to the largest entry)."""
     return torch.cat([t.reshape(-1) for t in tensors]).unsqueeze(0)
-
-
-def scaled(model: nn.Module, factor: float = 1.5) -> nn.Module:
-    """Larger weights so that derivatives of every order are well away from zero."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(factor)
-    return model
 
 
 def mlp(activation: nn.Module, *, width: int = 7, classes: int = 4) -> nn.Module:
@@ -151,16 +138,9 @@ class SliceWriteNet(nn.Module):
         return self.fc2(torch.tanh(buf))
 
 
-def case(model: nn.Module, *, seed: int = 0, batch: int = 5, directions: int = 3, image=False):
-    torch.manual_seed(seed)
-    model = scaled(model.double())
-    shape = (batch, 1, 8, 8) if image else (batch, 1, 10)
-    inputs = torch.randn(*shape, dtype=torch.float64)
-    with torch.no_grad():
-        classes = model.eval()(inputs).shape[1]
-    labels = torch.randint(0, classes, (batch,))
-    u = deriv.sample_unit_directions(directions, inputs, generator=torch.Generator().manual_seed(1))
-    return model, inputs, labels, u
+# a model (built by the test), inputs (1, 10), labels and 3 unit directions; weights × 1.5 so
+# that derivatives of every order are well away from zero
+case = partial(directional_case, input_shape=(1, 10), weight_scale=1.5, direction_seed=1)
 
 
 SMOOTH = {
@@ -191,7 +171,7 @@ def test_taylor_values_and_penalty_gradients_match_nested(name):
     reference_grads = torch.autograd.grad(
         derivative_penalty(reference[:4]), list(reference_model.parameters())
     )
-    assert_close(flat(fast_grads), flat(reference_grads))
+    assert_close(flat(fast_grads), flat(reference_grads), what="penalty gradients", per=None)
 
 
 def test_mse_loss_series_matches_nested():
@@ -207,7 +187,7 @@ def test_mse_loss_series_matches_nested():
 
 
 def test_eval_batch_norm_cnn_is_piecewise_linear_free_and_exact():
-    model, inputs, labels, u = case(BatchNormCNN(), image=True)
+    model, inputs, labels, u = case(BatchNormCNN(), input_shape=(1, 8, 8))
     with torch.no_grad():  # non-trivial running statistics
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
@@ -304,7 +284,7 @@ def test_selective_penalty_gradients_agree_across_methods_with_batch_norm():
         )  # fmt: skip
         loss.total.backward()
         grads[method] = [p.grad.clone() for p in model.parameters()]
-    assert_close(flat(grads["fast"]), flat(grads["nested"]))
+    assert_close(flat(grads["fast"]), flat(grads["nested"]), what="penalty gradients", per=None)
 
 
 def test_slice_write_model_is_refused_never_wrong():
@@ -402,7 +382,7 @@ def test_nested_reference_is_right_for_layer_norm_from_order_three():
     twin = deriv.nested_directional_derivatives(
         reference_for(model), inputs, labels, u, max_order=4
     )
-    assert_close(nested, twin, tol=1e-12)
+    assert_close(nested, twin, rtol=1e-12)
 
 
 def test_attention_like_model_with_softmax_log_softmax_rsub_and_where():

@@ -51,6 +51,14 @@ def test_the_compare_helper_says_what_differs():
         assert_relative_close(wrong_order_two, expected, rtol=1e-6, per="order", first=1)
     with pytest.raises(AssertionError, match="shapes differ"):
         assert_relative_close(expected[0], expected, rtol=1)
+    # max norm: max |a - e| / max |e| (0.5 / 4), not Frobenius (0.5 / 5.48); floor: absolute
+    off = expected + torch.tensor([[0.5, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    assert relative_error(off, expected, norm="max") == 0.125
+    assert relative_error(off, expected) == pytest.approx(0.5 / 30**0.5, rel=1e-15)
+    assert relative_error(torch.tensor([2e-9]).double(), torch.tensor([1e-9]).double(), norm="max",
+                          floor=1e-6) == pytest.approx(1e-3)  # fmt: skip
+    with pytest.raises(AssertionError, match=r"order 1: relative error 0\.25"):
+        assert_relative_close(off, expected, rtol=0.1, norm="max", per="order", first=1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

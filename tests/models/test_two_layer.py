@@ -19,7 +19,9 @@ from geomlab.models.two_layer import (
 )
 
 
-def _case(seed, n=7, d=5, k=6):
+def two_layer_problem(seed, n=7, d=5, k=6):
+    """``(X, y, W, a)`` for the two-layer model's functional API (plain tensors: no nn.Module,
+    so not a zoo case): n samples of d features, k hidden units, float64."""
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     y = torch.randn(n, generator=g, dtype=torch.float64)
@@ -32,7 +34,7 @@ def _case(seed, n=7, d=5, k=6):
 @pytest.mark.parametrize("parameterization", ["standard", "notebook"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_closed_form_gradient_matches_autograd(activation, parameterization, seed):
-    X, y, W, a = _case(seed)
+    X, y, W, a = two_layer_problem(seed)
     scale = output_scale(0.37, parameterization)
     fast, prediction = inner_weight_gradient(X, y, W, a, activation=activation, scale=scale)
     reference = inner_weight_gradient_autograd(X, y, W, a, activation=activation, scale=scale)
@@ -41,7 +43,7 @@ def test_closed_form_gradient_matches_autograd(activation, parameterization, see
 
 
 def test_notebook_forward_is_gamma_squared_formula():
-    X, _, W, a = _case(2)
+    X, _, W, a = two_layer_problem(2)
     gamma = 0.2
     by_hand = gamma * (gamma * (a @ torch.sigmoid(W @ X.T)))
     notebook = forward(X, W, a, activation="sigmoid", scale=output_scale(gamma, "notebook"))
@@ -62,7 +64,7 @@ def test_outer_weight_draws():
 
 
 def test_gradient_step_renormalizes_rows():
-    X, y, W, a = _case(3)
+    X, y, W, a = two_layer_problem(3)
     grad, _ = inner_weight_gradient(X, y, W, a, activation="relu", scale=1.0)
     new = gradient_step(W, grad, lr=0.5, gamma=0.25)
     stepped = W - 2.0 * grad

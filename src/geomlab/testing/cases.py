@@ -18,7 +18,15 @@ LayerNorm MLP, PyTorch's own ``nn.TransformerEncoder``, a learned CLS token join
 object carrying ``.logits`` (attention through ``F.scaled_dot_product_attention``), and an MLP
 regressor under MSE. Sequence models read a flat input of 16 features as 4 tokens of 4.
 
-Only torch: no geomlab module is imported here, so any geometry test can use the zoo.
+Two builders for the paths the zoo's (model, data, loss) triple does not describe:
+
+* :func:`directional_case`: a float64 model, inputs, labels and unit input directions for the
+  derivative paths (``dⁿ/dtⁿ L(f(x + t u))``), for models a test file writes itself;
+* :func:`softmax_regression_case`: softmax probabilities and inputs for the closed-form
+  softmax-regression Fisher, which takes no model.
+
+Only torch at import: no geomlab module is imported at module level, so any geometry test can
+use the zoo (:func:`directional_case` imports the direction sampler when called).
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ __all__ = [
     "SdpaClassifier",
     "TinyTransformer",
     "case_named",
+    "directional_case",
+    "softmax_regression_case",
 ]
 
 LossName = Literal["cross_entropy", "mse"]
@@ -206,3 +216,56 @@ def case_named(name: str) -> Case:
         if case.name == name:
             return case
     raise KeyError(f"no zoo case {name!r}; cases: {', '.join(c.name for c in CASES)}")
+
+
+# --- builders for the derivative paths and the closed-form softmax-regression Fisher --------
+
+
+def directional_case(
+    model: nn.Module | Callable[[], nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    seed: int = 0,
+    batch: int = 5,
+    directions: int = 3,
+    weight_scale: float = 1.0,
+    direction_seed: int | None = None,
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(model, inputs, labels, directions)`` for the directional-derivative paths, float64.
+
+    Seeds the global RNG with ``seed``, then builds the model when given a factory (so its
+    parameters are seeded too; a model passed built keeps its parameters), casts it to float64,
+    draws ``batch`` standard normal inputs of ``input_shape`` and multiplies every parameter by
+    ``weight_scale`` (larger weights keep derivatives of every order well away from zero).
+    Labels are drawn in ``range(C)``, ``C`` the model's output width in eval mode; the model is
+    returned in eval mode. ``directions`` unit directions (one per sample, as
+    :func:`geomlab.geometry.derivatives.sample_unit_directions` draws them) come from their own
+    generator seeded with ``direction_seed`` (``seed + 100`` if not given).
+    """
+    from geomlab.geometry.derivatives import sample_unit_directions
+
+    torch.manual_seed(seed)
+    built = model if isinstance(model, nn.Module) else model()
+    built = built.double()
+    inputs = torch.randn(batch, *input_shape, dtype=torch.float64)
+    with torch.no_grad():
+        for parameter in built.parameters():
+            parameter.mul_(weight_scale)
+        classes = built.eval()(inputs).shape[1]
+    labels = torch.randint(0, classes, (batch,))
+    generator = torch.Generator().manual_seed(
+        seed + 100 if direction_seed is None else direction_seed
+    )
+    return built, inputs, labels, sample_unit_directions(directions, inputs, generator=generator)
+
+
+def softmax_regression_case(
+    n: int, c: int, d: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probs, inputs)`` for the softmax-regression Fisher: ``n`` float64 standard normal
+    inputs of ``d`` features and ``n`` softmax distributions over ``c`` classes (logits of
+    standard deviation 2, so far from uniform), drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, d, dtype=torch.float64, generator=generator)
+    logits = 2 * torch.randn(n, c, dtype=torch.float64, generator=generator)
+    return torch.softmax(logits, dim=1), inputs

@@ -4,20 +4,14 @@ import torch
 from geomlab.geometry import curvature as cv
 from geomlab.geometry.gates import psd_tolerance
 from geomlab.models import softmax_regression as sr
+from geomlab.testing.cases import softmax_regression_case
 
 SHAPES = [(50, 10, 16), (37, 3, 5), (200, 7, 2), (64, 2, 9), (5, 12, 4)]
 
 
-def _case(n, c, d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(n, d, dtype=torch.float64, generator=g)
-    probs = torch.softmax(2 * torch.randn(n, c, dtype=torch.float64, generator=g), dim=1)
-    return probs, inputs
-
-
 @pytest.mark.parametrize(("n", "c", "d"), SHAPES)
 def test_fast_fisher_matches_per_sample_reference(n, c, d):
-    probs, inputs = _case(n, c, d, seed=n + c + d)
+    probs, inputs = softmax_regression_case(n, c, d, seed=n + c + d)
     fast = cv.softmax_regression_fisher(probs, inputs)
     reference = cv.softmax_regression_fisher_reference(probs, inputs)
     assert fast.shape == (c * d, c * d)
@@ -46,7 +40,7 @@ def test_fisher_equals_expected_outer_product_of_score():
 
 @pytest.mark.parametrize(("n", "c", "d"), [(300, 10, 16), (100, 3, 5)])
 def test_fisher_is_symmetric_psd_with_softmax_null_space_of_dimension_d(n, c, d):
-    probs, inputs = _case(n, c, d)
+    probs, inputs = softmax_regression_case(n, c, d)
     fisher = cv.softmax_regression_fisher(probs, inputs)
     assert torch.equal(fisher, fisher.T)
     eigenvalues = torch.linalg.eigvalsh(fisher)
@@ -61,7 +55,7 @@ def test_fisher_is_symmetric_psd_with_softmax_null_space_of_dimension_d(n, c, d)
 
 @pytest.mark.parametrize(("n", "c", "d"), SHAPES)
 def test_fisher_vector_product_matches_dense(n, c, d):
-    probs, inputs = _case(n, c, d, seed=3)
+    probs, inputs = softmax_regression_case(n, c, d, seed=3)
     v = torch.randn(c * d, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     dense = cv.softmax_regression_fisher_reference(probs, inputs) @ v
     fvp = cv.softmax_regression_fisher_vector_product(probs, inputs, v)
@@ -69,7 +63,7 @@ def test_fisher_vector_product_matches_dense(n, c, d):
 
 
 def test_chunked_accumulation_matches_reference():
-    probs, inputs = _case(101, 4, 5, seed=2)
+    probs, inputs = softmax_regression_case(101, 4, 5, seed=2)
     reference = cv.softmax_regression_fisher_reference(probs, inputs)
     chunked = cv.softmax_regression_fisher(probs, inputs, chunk_elements=15 * 7)  # 7 per chunk
     torch.testing.assert_close(chunked, reference, rtol=0,
@@ -77,7 +71,7 @@ def test_chunked_accumulation_matches_reference():
 
 
 def test_precomputed_index_gives_the_same_fisher_and_a_wrong_one_is_refused():
-    probs, inputs = _case(40, 3, 5, seed=4)
+    probs, inputs = softmax_regression_case(40, 3, 5, seed=4)
     index = cv.softmax_regression_gather_index(3, 5)
     assert torch.equal(cv.softmax_regression_fisher(probs, inputs, index=index),
                        cv.softmax_regression_fisher(probs, inputs))  # fmt: skip
@@ -102,7 +96,7 @@ def test_fast_path_refuses_shapes_it_does_not_cover(probs_shape, inputs_shape, m
 
 
 def test_fisher_vector_product_refuses_a_vector_of_another_model():
-    probs, inputs = _case(10, 3, 4)
+    probs, inputs = softmax_regression_case(10, 3, 4)
     with pytest.raises(cv.UnsupportedShapeError, match=r"C\*D = 12"):
         cv.softmax_regression_fisher_vector_product(probs, inputs, torch.ones(13).double())
 
@@ -113,3 +107,14 @@ def test_psd_tolerance_scales_its_default_with_dtype_eps_and_keeps_explicit_valu
         160 * torch.finfo(torch.float32).eps
     )
     assert psd_tolerance(1e-300, dtype=torch.float32, size=160) == 1e-300
+
+
+def test_softmax_regression_backend_is_the_same_operator():
+    probs, x = softmax_regression_case(40, 3, 5)
+    operator = cv.SoftmaxRegressionFisher(probs, x)
+    dense = cv.softmax_regression_fisher(probs, x)
+    assert operator.shape == dense.shape and operator.dtype == torch.float64
+    v = torch.randn(15, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(operator @ v, dense @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(operator @ v[:, 0], dense @ v[:, 0], rtol=1e-12, atol=1e-14)
+    assert torch.equal(operator.dense(), dense)

@@ -7,17 +7,11 @@ from geomlab.data.synthetic import gaussian_clusters
 from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
 from geomlab.models import softmax_regression as sr
-
-
-def _case(n, c, d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(n, d, dtype=torch.float64, generator=g)
-    probs = torch.softmax(2 * torch.randn(n, c, dtype=torch.float64, generator=g), dim=1)
-    return probs, inputs
+from geomlab.testing.cases import softmax_regression_case
 
 
 def test_pseudo_inverse_inverts_on_range_and_kills_null_space():
-    probs, inputs = _case(400, 5, 4)
+    probs, inputs = softmax_regression_case(400, 5, 4)
     fisher = cv.softmax_regression_fisher(probs, inputs)
     pinv = ng.pseudo_inverse(fisher, rcond=1e-8)
     assert pinv.rank == 5 * 4 - 4
@@ -35,7 +29,7 @@ def test_pseudo_inverse_rejects_negative_rcond():
 
 
 def test_kl_matched_step_gives_second_order_kl_exactly_epsilon():
-    probs, inputs = _case(120, 4, 6)
+    probs, inputs = softmax_regression_case(120, 4, 6)
     fisher = cv.softmax_regression_fisher(probs, inputs)
     direction = torch.randn(24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     eps = torch.tensor([1e-6, 1e-3, 0.5], dtype=torch.float64)

@@ -10,16 +10,13 @@ from geomlab.geometry import curvature as cv
 from geomlab.geometry import natural_gradient as ng
 from geomlab.geometry.gates import fast_vs_reference
 from geomlab.geometry.params import loss_and_gradient
-from geomlab.models.mlp import build_mlp
+from geomlab.testing.cases import case_named
 
 
 def _classifier():
-    torch.manual_seed(0)
-    model = build_mlp(4, 3, hidden=(5,), activation="tanh").double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(30, 4, dtype=torch.float64, generator=g)
-    y = torch.randint(0, 3, (30,), generator=g)
-    return model, (x, y)
+    """The zoo's tanh MLP classifier (``model, (inputs, labels)``; cross-entropy)."""
+    case = case_named("mlp_tanh")
+    return case.model(), case.data()
 
 
 def test_solve_spec_is_frozen_and_checks_every_option():
