@@ -214,3 +214,25 @@ def test_package_reexports_load_on_first_use():
         "print('ok')"
     )
     assert _python(code).strip() == "ok"
+
+
+def test_every_geometry_module_declares_its_public_names_and_stays_small():
+    """Issue 19: one concept a module, each with ``__all__`` and at most ~450 lines."""
+    missing, large = [], []
+    for name, path in _modules().items():
+        if not name.startswith("geomlab.geometry"):
+            continue
+        text = path.read_text()
+        tree = ast.parse(text)
+        declared = any(
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and any(getattr(t, "id", None) == "__all__" for t in
+                    (node.targets if isinstance(node, ast.Assign) else [node.target]))
+            for node in tree.body
+        )  # fmt: skip
+        if not declared:
+            missing.append(name)
+        if len(text.splitlines()) > 470:
+            large.append(f"{name} ({len(text.splitlines())} lines)")
+    assert not missing, f"geometry modules without __all__: {missing}"
+    assert not large, f"geometry modules over ~450 lines: {large}"

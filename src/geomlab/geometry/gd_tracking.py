@@ -24,6 +24,12 @@ import torch
 from geomlab.geometry import spectral
 from geomlab.models import two_layer
 
+__all__ = [
+    "SpikedProblem", "TeacherData", "TrackedRun", "TrackingOptions", "angles_between_runs",
+    "checkpoint_epochs", "epoch_metrics", "epochs_with_progress", "spiked_problem",
+    "train_and_track",
+]  # fmt: skip
+
 
 @dataclass
 class SpikedProblem:
