@@ -80,24 +80,27 @@ def _serve(handler) -> tuple[str, http.server.ThreadingHTTPServer]:
     return f"http://127.0.0.1:{server.server_address[1]}/", server
 
 
+def _serving(handler):
+    """A local server answering with ``handler`` (a class with a ``stop`` event) until the
+    test is done; its URL."""
+    handler.stop.clear()
+    url, server = _serve(handler)
+    try:
+        yield url
+    finally:
+        handler.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def slow_headers():
-    SlowHeaders.stop.clear()
-    url, server = _serve(SlowHeaders)
-    yield url
-    SlowHeaders.stop.set()
-    server.shutdown()
-    server.server_close()
+    yield from _serving(SlowHeaders)
 
 
 @pytest.fixture
 def dripping():
-    Drip.stop.clear()
-    url, server = _serve(Drip)
-    yield url
-    Drip.stop.set()
-    server.shutdown()
-    server.server_close()
+    yield from _serving(Drip)
 
 
 @pytest.fixture
