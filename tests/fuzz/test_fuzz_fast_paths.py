@@ -33,11 +33,11 @@ from geomlab.geometry.derivatives import taylor
 from geomlab.geometry.derivatives.batch_statistics import (
     PrimitiveLayerNorm,
     has_training_modules,
-    isolated_buffers,
 )
 from geomlab.geometry.derivatives.eligibility import check_piecewise_linear
 from geomlab.geometry.derivatives.nested import substituted
 from geomlab.geometry.derivatives.ops import PIECEWISE_CONSTANT_OPS
+from geomlab.models.modes import isolated_buffers
 from geomlab.testing.compare import relative_error, relative_errors
 from geomlab.testing.netgen import CLASSES, VOCABULARY, random_case
 

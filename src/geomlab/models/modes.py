@@ -1,4 +1,5 @@
-"""Train/eval mode as a context manager: set on entry, every submodule restored on exit."""
+"""Leave a model as it was: train/eval mode as a context manager (every submodule restored on
+exit), and private buffers for passes that must not move running statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 from torch import nn
 
 __all__ = [
-    "eval_mode", "module_mode", "train_mode",
+    "eval_mode", "isolated_buffers", "module_mode", "train_mode",
 ]  # fmt: skip
 
 
@@ -31,3 +32,19 @@ def eval_mode(model: nn.Module):
 
 def train_mode(model: nn.Module):
     return module_mode(model, training=True)
+
+
+@contextmanager
+def isolated_buffers(model: nn.Module) -> Iterator[None]:
+    """Inside the block every buffer of ``model`` is a private copy: running statistics and
+    counters written by the passes in the block are discarded afterwards."""
+    saved = []
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            saved.append((module, name, buffer))
+            setattr(module, name, buffer.clone())
+    try:
+        yield
+    finally:
+        for module, name, buffer in saved:
+            setattr(module, name, buffer)

@@ -21,10 +21,10 @@ from geomlab.geometry.curvature.reference import (
     jacobian_fisher,
     output_hessian_loss,
 )
-from geomlab.geometry.derivatives.batch_statistics import isolated_buffers
 from geomlab.geometry.gates import fast_vs_reference
 from geomlab.geometry.outputs import ModelOutputError, TensorOutput, as_logits
 from geomlab.geometry.params import Batch, LossKind, as_batches, trainable_parameters
+from geomlab.models.modes import isolated_buffers
 
 __all__ = ["SELF_CHECK_RTOL", "FisherOperator", "fisher_self_check"]
 

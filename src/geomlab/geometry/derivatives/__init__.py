@@ -13,7 +13,8 @@ Around them: :mod:`.options` (the typed ``Method``/``Path``; the loss is
 :class:`~geomlab.geometry.params.LossKind`), :mod:`.losses` (the loss checked against the
 labels), :mod:`.directions`, :mod:`.ops` and :mod:`.tracing` (the one aten op taxonomy and the
 one dispatch-mode tracer that :mod:`.eligibility` and the Taylor recorder share),
-:mod:`.batch_statistics` (BatchNorm policy and the one buffer guard, ``isolated_buffers``),
+:mod:`.batch_statistics` (BatchNorm policy; the one buffer guard is
+``geomlab.models.modes.isolated_buffers``),
 :mod:`.fast` (cumulant or Taylor for one call), :mod:`.self_check` (a fast path against the
 reference in float64, once per model, cached) and :mod:`.dispatch` (:func:`resolve_path`, the
 one place a request becomes a path, and :func:`directional_derivatives`). The penalty and λ
@@ -26,7 +27,6 @@ from geomlab.geometry.derivatives.batch_statistics import (
     BatchStatistics,
     PrimitiveLayerNorm,
     has_training_modules,
-    isolated_buffers,
 )
 from geomlab.geometry.derivatives.cumulant import (
     jvp_logits_and_tangents,
@@ -67,7 +67,7 @@ __all__ = [
     "PrimitiveLayerNorm", "SelfCheckError", "SelfCheckUnavailable", "UnsupportedOperation",
     "capture_batch_statistics", "check_piecewise_linear", "check_targets", "check_taylor",
     "choose_fast_path", "clear_path_cache", "derivatives_by_path", "directional_derivatives",
-    "fast_directional_derivatives", "has_training_modules", "isolated_buffers",
+    "fast_directional_derivatives", "has_training_modules",
     "jvp_logits_and_tangents", "logits_and_tangents", "loss_derivatives_along_tangents",
     "nested_directional_derivatives", "provided_linearization", "resolve_loss",
     "resolve_path", "sample_unit_directions", "self_check_errors",

@@ -12,9 +12,9 @@ normalization its training step applies. Eval mode uses the running statistics, 
 * :class:`BatchStatistics` captures each train-mode ``F.batch_norm`` call's batch mean and
   (biased) variance during a forward pass, and later replays them: the same calls become
   eval-mode normalizations with those statistics (no running-statistic update).
-* :func:`isolated_buffers` gives a pass private copies of the model's buffers, so that the
-  penalty's extra passes (and the eligibility and Taylor checks) never change running
-  statistics or counters: the derivative stack's one buffer guard.
+* :func:`geomlab.models.modes.isolated_buffers` (the one buffer guard) gives a pass private
+  copies of the model's buffers, so that the penalty's extra passes (and the eligibility and
+  Taylor checks, and the Fisher operator's probe) never change running statistics or counters.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "BatchStatistics", "PrimitiveLayerNorm", "batch_moments", "has_training_modules",
-    "isolated_buffers", "normalize",
+    "normalize",
 ]  # fmt: skip
 
 
@@ -142,19 +142,3 @@ def _bind_batch_norm(args, kwargs) -> dict:
 def has_training_modules(model: nn.Module) -> bool:
     """Whether any submodule is in train mode (then batch statistics may be in play)."""
     return any(module.training for module in model.modules())
-
-
-@contextmanager
-def isolated_buffers(model: nn.Module) -> Iterator[None]:
-    """Inside the block every buffer of ``model`` is a private copy: running statistics and
-    counters written by the passes in the block are discarded afterwards."""
-    saved = []
-    for module in model.modules():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            saved.append((module, name, buffer))
-            setattr(module, name, buffer.clone())
-    try:
-        yield
-    finally:
-        for module, name, buffer in saved:
-            setattr(module, name, buffer)

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.derivatives.batch_statistics import isolated_buffers
 from geomlab.geometry.derivatives.ops import (
     AFFINE_OPS,
     BATCH_NORM_TRAINING_ARG,
@@ -36,6 +35,7 @@ from geomlab.geometry.derivatives.ops import (
     written_arguments,
 )
 from geomlab.geometry.derivatives.tracing import InputTracer
+from geomlab.models.modes import isolated_buffers
 
 __all__ = ["Eligibility", "check_piecewise_linear", "probe_batch", "rng_devices"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.derivatives.batch_statistics import BatchStatistics, isolated_buffers
+from geomlab.geometry.derivatives.batch_statistics import BatchStatistics
 from geomlab.geometry.derivatives.cumulant import (
     logits_and_tangents,
     loss_derivatives_along_tangents,
@@ -31,6 +31,7 @@ from geomlab.geometry.derivatives.taylor import (
 )
 from geomlab.geometry.outputs import ModelOutputError, TensorOutput
 from geomlab.geometry.params import LossKind
+from geomlab.models.modes import isolated_buffers
 
 __all__ = [
     "check_taylor", "choose_fast_path", "fast_directional_derivatives",

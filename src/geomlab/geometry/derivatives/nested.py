@@ -17,13 +17,13 @@ from geomlab.geometry.derivatives.batch_statistics import (
     BatchStatistics,
     PrimitiveLayerNorm,
     has_training_modules,
-    isolated_buffers,
 )
 from geomlab.geometry.derivatives.directions import check_shapes
 from geomlab.geometry.derivatives.eligibility import rng_devices
 from geomlab.geometry.derivatives.losses import resolve_loss, summed_loss
 from geomlab.geometry.outputs import as_logits
 from geomlab.geometry.params import LossKind
+from geomlab.models.modes import isolated_buffers
 
 __all__ = ["capture_batch_statistics", "nested_directional_derivatives", "substituted"]
 

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from geomlab.geometry.attention import math_attention
-from geomlab.geometry.derivatives.batch_statistics import isolated_buffers
 from geomlab.geometry.derivatives.directions import sample_unit_directions
 from geomlab.geometry.derivatives.eligibility import Eligibility, probe_batch, rng_devices
 from geomlab.geometry.derivatives.fast import fast_directional_derivatives
@@ -23,6 +22,7 @@ from geomlab.geometry.derivatives.options import Path
 from geomlab.geometry.outputs import as_logits
 from geomlab.geometry.params import LossKind
 from geomlab.geometry.refusal import Refused
+from geomlab.models.modes import isolated_buffers
 
 __all__ = [
     "SELF_CHECK_FLOOR", "SELF_CHECK_RTOL", "SELF_CHECK_SAMPLES", "SELF_CHECK_SEED",
