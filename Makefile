@@ -7,7 +7,7 @@ STAMP := $(VENV)/.geomlab-installed
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 DEMO_OUT ?= results/demo
 
-.PHONY: demo test fuzz lint format bench clean
+.PHONY: demo test fuzz lint format bench clean devkit
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fisher.py
 	$(BIN)/python benchmarks/bench_spectral.py
 	$(BIN)/python benchmarks/bench_derivatives.py --repeats 3
+
+# .device-kit/ for a lent GPU machine (no network there): wheels, geomlab, MNIST, run.sh.
+# See docs/experiments/lambda-control.md, "Running the paper preset on a lent GPU".
+devkit: $(STAMP)
+	PY=$(BIN)/python bash scripts/device_kit.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -52,9 +52,11 @@ read -r -a PAPER_SET <<<"${KIT_PAPER_SET:-}"
 if [ "$LOCAL" = 1 ]; then
   PY=${GEOMLAB_KIT_PYTHON:-python3}
   DEVICE=cpu
+  DEVLABEL=dev-cpu  # the "device" runs of step b, told apart from the cpu ones
 else
   PY=python3
   DEVICE=cuda
+  DEVLABEL=cuda
 fi
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/kit.log") 2>&1
@@ -77,7 +79,8 @@ step() {
   fi
   echo "=== $name (limit ${limit}s, $(left)s left in all): $*"
   t0=$(date +%s)
-  timeout --signal=TERM --kill-after=10 "$limit" "$@"
+  # through bash -c: the kit's own steps are shell functions (exported below)
+  timeout --signal=TERM --kill-after=10 "$limit" bash -c '"$@"' step "$@"
   rc=$?
   [ "$rc" = 124 ] || [ "$rc" = 137 ] && note="timed out"
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" "$limit" "$note" \
@@ -96,7 +99,7 @@ has() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 verify() { (cd "$KIT" && sha256sum --quiet -c SHA256SUMS); }
 
-install() {
+kit_install() {
   rm -rf "$SITE"
   local wheels=("$KIT"/wheels/*.whl) names
   if [ "$LOCAL" = 1 ]; then  # the cp312 wheels do not install on this Python
@@ -138,7 +141,7 @@ EOF
 }
 
 import_check() {
-  "${GEOMLAB[@]}" --help >/dev/null && "${GEOMLAB[@]}" list || return 1
+  "$PY" -m geomlab.cli --help >/dev/null && "$PY" -m geomlab.cli list || return 1
   "$PY" -c "
 import torch, curvlinops, backpack, pydantic, typer
 from geomlab import experiments
@@ -159,9 +162,11 @@ print('derivative_method:', sorted(set(t['derivative_method'])))
 raise SystemExit(0 if set(t['derivative_method']) == {'fast'} else 1)"
 }
 
+export KIT OUT WORK SITE PY DEVICE LOCAL
+export -f verify kit_install env_info import_check lambda_check
 echo "kit $KIT, out $OUT, work $WORK, budget ${BUDGET}s, device $DEVICE, local $LOCAL"
 step verify 30 verify
-step install 90 install
+step install 90 kit_install
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 step env 30 env_info
 
@@ -171,11 +176,11 @@ if has b; then
   quick_end=$(($(date +%s) + QUICK_S))
   q() { echo $((quick_end - $(date +%s))); }
   for exp in e1 e3 alignment gradient-rank lambda-control; do
-    step "b-$exp-$DEVICE" "$(q)" "${GEOMLAB[@]}" run "$exp" --preset quick --device "$DEVICE" \
+    step "b-$DEVLABEL-$exp" "$(q)" "${GEOMLAB[@]}" run "$exp" --preset quick --device "$DEVICE" \
       --out "$WORK/quick/$exp-dev" --force
   done
   for exp in e1 e3 alignment gradient-rank; do
-    step "b-$exp-cpu" "$(q)" "${GEOMLAB[@]}" run "$exp" --preset quick --device cpu \
+    step "b-cpu-$exp" "$(q)" "${GEOMLAB[@]}" run "$exp" --preset quick --device cpu \
       --out "$WORK/quick/$exp-cpu" --force
   done
   {
