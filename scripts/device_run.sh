@@ -60,7 +60,8 @@ else
 fi
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/kit.log") 2>&1
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg MPLCONFIGDIR=$WORK/mpl GEOMLAB_DATA=$KIT
+# PIP_CONFIG_FILE=/dev/null: no pip configuration of the machine (indexes, constraints) applies
+export PIP_CONFIG_FILE=/dev/null PYTHONUNBUFFERED=1 MPLBACKEND=Agg MPLCONFIGDIR=$WORK/mpl GEOMLAB_DATA=$KIT
 GEOMLAB=("$PY" -m geomlab.cli)
 printf 'step\trc\tseconds\tlimit_s\tnote\n' >"$OUT/steps.tsv"
 
@@ -102,22 +103,31 @@ verify() { (cd "$KIT" && sha256sum --quiet -c SHA256SUMS); }
 kit_install() {
   rm -rf "$SITE"
   local wheels=("$KIT"/wheels/*.whl) names
-  if [ "$LOCAL" = 1 ]; then  # the cp312 wheels do not install on this Python
+  if [ "$LOCAL" = 1 ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'
+  then  # the cp312 wheels do not install on this Python
     mapfile -t wheels < <(ls "$KIT"/wheels/*-none-any.whl)
     echo "local mode: installing only ${#wheels[@]} pure-python kit wheels"
   fi
   "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
     --target "$SITE" "${wheels[@]}" "$KIT"/geomlab-*.whl || return 1
-  mapfile -t names < <(PYTHONPATH=$SITE "$PY" "$KIT/kit_requirements.py" geomlab)
-  for name in "${names[@]}"; do
-    local wheel
-    wheel=$(ls "$KIT"/fallback/"${name//-/_}"-*.whl "$KIT"/fallback/"$name"-*.whl 2>/dev/null \
-      | head -1)
-    if [ -z "$wheel" ]; then echo "no kit wheel for unsatisfied $name"; continue; fi
-    echo "image lacks a recent enough $name: installing $(basename "$wheel")"
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
-      --no-compile --upgrade --target "$SITE" "$wheel" || return 1
+  local round name wheel done_=" " added
+  for round in 1 2 3; do  # a fallback wheel may need another one
+    added=0
+    mapfile -t names < <(PYTHONPATH=$SITE "$PY" "$KIT/kit_requirements.py" geomlab 2>/dev/null)
+    for name in "${names[@]}"; do
+      case "$done_" in *" $name "*) continue ;; esac
+      wheel=$(ls "$KIT"/fallback/"${name//-/_}"-*.whl "$KIT"/fallback/"$name"-*.whl \
+        2>/dev/null | head -1)
+      [ -n "$wheel" ] || continue
+      echo "the image lacks a recent enough $name: installing $(basename "$wheel")"
+      "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
+        --no-compile --upgrade --target "$SITE" "$wheel" || return 1
+      done_+="$name "
+      added=1
+    done
+    [ "$added" = 1 ] || break
   done
+  # what is still unsatisfied (and has no kit wheel) is printed, and fails this step
   PYTHONPATH=$SITE "$PY" "$KIT/kit_requirements.py" geomlab | grep . && return 1
   return 0
 }
@@ -136,8 +146,9 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", p.multi_processor_count, "SMs")
 EOF
+  local rc=$?
   command -v nvidia-smi >/dev/null && nvidia-smi -L
-  return 0
+  return "$rc"
 }
 
 import_check() {

@@ -4,7 +4,7 @@
 
 Used by the device kit's run.sh: after the kit's wheels are installed (``--no-deps``), the
 names printed here are installed from the kit's fallback wheels. Reads installed metadata
-only (``importlib.metadata`` and ``packaging``); imports nothing it checks.
+only (``importlib.metadata`` and ``packaging``, else pip's copy of it); imports nothing it checks.
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # no packaging installed: pip's own copy
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
 
 
 def unsatisfied(root: str) -> list[str]:
