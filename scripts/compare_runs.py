@@ -33,14 +33,15 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[str, str, str
         x, y = a[column], b[column]
         if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
             xv, yv = x.to_numpy(dtype=float), y.to_numpy(dtype=float)
-            nan_mismatch = int(np.sum(np.isnan(xv) != np.isnan(yv)))
-            both = ~(np.isnan(xv) | np.isnan(yv))
-            diff = np.abs(xv[both] - yv[both])
-            scale = np.maximum(np.abs(xv[both]), np.abs(yv[both]))
+            finite = np.isfinite(xv) & np.isfinite(yv)
+            same = (xv == yv) | (np.isnan(xv) & np.isnan(yv))  # inf == inf, NaN "==" NaN
+            nonfinite_mismatch = int(np.sum(~finite & ~same))
+            diff = np.abs(xv[finite] - yv[finite])
+            scale = np.maximum(np.abs(xv[finite]), np.abs(yv[finite]))
             rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
             max_abs = float(diff.max()) if diff.size else 0.0
             max_rel = float(rel.max()) if rel.size else 0.0
-            note = f"{nan_mismatch} NaN mismatches" if nan_mismatch else ""
+            note = f"{nonfinite_mismatch} NaN/inf mismatches" if nonfinite_mismatch else ""
             rows.append((column, "numeric", f"{max_abs:.3e}", f"{max_rel:.3e}", note))
         else:
             unequal = int((x.astype(str) != y.astype(str)).sum())

@@ -26,17 +26,31 @@ def test_compare_runs_reports_max_differences_and_skips_timings(tmp_path, capsys
     a, b = tmp_path / "a", tmp_path / "b"
     (a / "sub").mkdir(parents=True)
     (b / "sub").mkdir(parents=True)
-    pd.DataFrame({"x": [1.0, 2.0], "name": ["p", "q"], "train_time_s": [1.0, 2.0]}).to_csv(
-        a / "sub" / "t.csv", index=False
-    )
-    pd.DataFrame({"x": [1.0, 2.5], "name": ["p", "r"], "train_time_s": [9.0, 9.0]}).to_csv(
-        b / "sub" / "t.csv", index=False
-    )
+    pd.DataFrame(
+        {
+            "x": [1.0, 2.0],
+            "c": [float("inf"), 1.0],
+            "d": [1.0, float("nan")],
+            "name": ["p", "q"],
+            "train_time_s": [1.0, 2.0],
+        }
+    ).to_csv(a / "sub" / "t.csv", index=False)
+    pd.DataFrame(
+        {
+            "x": [1.0, 2.5],
+            "c": [float("inf"), 1.0],
+            "d": [float("nan"), 1.0],
+            "name": ["p", "r"],
+            "train_time_s": [9.0, 9.0],
+        }
+    ).to_csv(b / "sub" / "t.csv", index=False)
     pd.DataFrame({"y": [1]}).to_csv(a / "only_a.csv", index=False)
     rows = {(r[1], r[2]): r for r in compare.compare_runs(a, b, "lbl")}
     x = rows[("sub/t.csv", "x")]
     assert x[3] == "numeric" and float(x[4]) == pytest.approx(0.5)
     assert float(x[5]) == pytest.approx(0.2)
+    assert rows[("sub/t.csv", "c")][4:] == ("0.000e+00", "0.000e+00", "")  # inf == inf
+    assert rows[("sub/t.csv", "d")][6] == "2 NaN/inf mismatches"
     assert rows[("sub/t.csv", "name")][6] == "1 cells differ"
     assert rows[("sub/t.csv", "train_time_s")][3] == "timing"
     assert rows[("only_a.csv", "")][3] == "missing"
